@@ -1,0 +1,152 @@
+//! Cells: the [`Cell`] trait the sequence engine runs, and the built-in SimpleRNN, LSTM and
+//! GRU cells.
+//!
+//! # The cell contract
+//! A cell maps an input row `x_t` (`I` values) and a state (`S` tensors of `H` values: one
+//! for SimpleRNN and GRU, two — `h` then `c` — for LSTM) to the next state. State 0 is the
+//! cell's output. The engine calls a cell on a whole batch at a time; every buffer it hands over
+//! is row-major with the lengths given below and has been checked against the sizes the cell
+//! reports.
+//!
+//! Built-in cells additionally use the *input projection*: before the recurrence the engine asks
+//! the cell to map every input row of the sequence at once (one matrix product over all `T·B`
+//! rows), and each step then reads its rows of that projection. In backward the engine
+//! collects the gradient of every projection row and hands the whole sequence back to
+//! [`Cell::project_backward`] — again one product over all rows. A user cell that does not need
+//! this keeps the defaults (`projection_width() == 0`) and reads `x` in its step.
+//!
+//! # Built-in weights and gate order
+//! Built-in cells store `kernel [I, G·H]`, `recurrent_kernel [H, G·H]`, `bias [G·H]` and
+//! `recurrent_bias [G·H]`, row-major, gate blocks of `H` columns along the `G·H` axis in the
+//! order of the constants in [`lstm`] (i, f, c, o) and [`gru`] (z, r, h) — the Keras order.
+//! Pre-activations are `x·kernel + bias + h·recurrent_kernel + recurrent_bias`, except the GRU
+//! candidate: `x·kernel + bias + r ⊙ (h·recurrent_kernel + recurrent_bias)` when
+//! `reset_after`, `x·kernel + bias + (r ⊙ h)·recurrent_kernel + recurrent_bias` otherwise.
+//! Keeping both biases makes PyTorch and ONNX weights (which have both) round-trip exactly;
+//! Keras weights load into `bias` with a zero `recurrent_bias` (GRU `reset_after` loads both).
+
+pub mod gru;
+pub mod lstm;
+pub mod simple_rnn;
+mod weights;
+
+pub use gru::{DynGru, Gru, GruKind, StaticGru};
+pub use lstm::{DynLstm, Lstm, LstmKind, StaticLstm};
+pub use simple_rnn::{DynSimpleRnn, SimpleRnn, SimpleRnnKind, StaticSimpleRnn};
+pub use weights::{
+    BIAS, CellKind, KERNEL, RECURRENT_BIAS, RECURRENT_KERNEL, Recurrent, RecurrentWeights,
+};
+
+use crate::real::Real;
+
+/// One named parameter tensor of a cell, row-major.
+#[derive(Debug, Clone, Copy)]
+pub struct Param<'a, T> {
+    /// The tensor's name (`kernel`, `recurrent_kernel`, … for built-in cells).
+    pub name: &'static str,
+    /// Its shape, outermost first.
+    pub shape: [usize; 2],
+    /// Its values; `shape[0] * shape[1]` of them.
+    pub data: &'a [T],
+}
+
+/// What one forward step reads and writes. All buffers are row-major over the batch.
+#[derive(Debug)]
+pub struct StepForward<'a, T> {
+    /// Number of batch rows `B` in this step.
+    pub batch: usize,
+    /// Inputs `[B, I]`.
+    pub x: &'a [T],
+    /// This step's rows of the input projection `[B, P]` (`P = projection_width()`; empty when 0).
+    pub proj: &'a [T],
+    /// The state before the step, `[S, B, H]`.
+    pub state: &'a [T],
+    /// The state after the step, `[S, B, H]`; the cell overwrites all of it.
+    pub next: &'a mut [T],
+    /// Scratch `[B, scratch_width()]`, contents unspecified on entry.
+    pub scratch: &'a mut [T],
+    /// The step's training record `[B, tape_width()]`, or empty when not training: the cell
+    /// writes what its backward needs (besides `x`, `state` and `next`, which the engine keeps).
+    pub tape: &'a mut [T],
+}
+
+/// What one backward step reads and writes. All buffers are row-major over the batch.
+#[derive(Debug)]
+pub struct StepBackward<'a, T> {
+    /// Number of batch rows `B` in this step.
+    pub batch: usize,
+    /// Inputs `[B, I]` of the step. (The projection is not kept: a cell that needs it in
+    /// backward copies it into its tape.)
+    pub x: &'a [T],
+    /// The state before the step, `[S, B, H]`.
+    pub state: &'a [T],
+    /// The state the step produced, `[S, B, H]`.
+    pub next: &'a [T],
+    /// The record the forward step wrote, `[B, tape_width()]`.
+    pub tape: &'a [T],
+    /// Gradient of the loss with respect to `next`, `[S, B, H]` (the output gradient of this
+    /// step is already added into state 0).
+    pub d_next: &'a [T],
+    /// Gradient with respect to `state`, `[S, B, H]`; the cell overwrites all of it.
+    pub d_state: &'a mut [T],
+    /// Gradient with respect to the projection rows `[B, P]`; the cell overwrites all of it.
+    pub d_proj: &'a mut [T],
+    /// Gradient with respect to `x`, `[B, I]`; the cell *adds* its direct contribution.
+    pub dx: &'a mut [T],
+    /// Scratch `[B, scratch_width()]`, contents unspecified on entry.
+    pub scratch: &'a mut [T],
+}
+
+/// A recurrent cell the sequence engine can run forward and backward, the counterpart of a
+/// Keras `RNN(cell)` cell.
+///
+/// Sizes are per batch row and must not change while the engine holds the cell. Parameter
+/// gradients are always *accumulated* (`+=`) into `grads`, which has one buffer per entry of
+/// [`Cell::params`], same order and length.
+pub trait Cell<T: Real> {
+    /// Input width `I`.
+    fn input_size(&self) -> usize;
+    /// Hidden width `H` of every state tensor and of the output.
+    fn hidden_size(&self) -> usize;
+    /// Number `S` of state tensors (1, or 2 for LSTM's `h` and `c`). State 0 is the output.
+    fn state_count(&self) -> usize {
+        1
+    }
+    /// Width of the per-row training record of one step.
+    fn tape_width(&self) -> usize {
+        0
+    }
+    /// Width of the per-row scratch buffer a step may use.
+    fn scratch_width(&self) -> usize {
+        0
+    }
+    /// Width `P` of the per-row input projection; 0 when the cell reads `x` directly.
+    fn projection_width(&self) -> usize {
+        0
+    }
+    /// Projects `N` input rows at once: `x [N, I]` → `proj [N, P]` (overwritten).
+    fn project_inputs(&self, x: &[T], proj: &mut [T]) {
+        let _ = (x, proj);
+    }
+    /// One forward step over a batch.
+    fn step_forward(&self, step: StepForward<'_, T>);
+    /// One backward step over a batch; parameter gradients accumulate into `grads`.
+    fn step_backward(&self, step: StepBackward<'_, T>, grads: &mut [Vec<T>]);
+    /// Backward of [`Cell::project_inputs`] over all `N` rows: adds `∂L/∂x` into `dx [N, I]` and
+    /// the projection's parameter gradients into `grads`.
+    fn project_backward(&self, x: &[T], d_proj: &[T], dx: &mut [T], grads: &mut [Vec<T>]) {
+        let _ = (x, d_proj, dx, grads);
+    }
+    /// The parameter tensors, in a fixed order.
+    fn params(&self) -> Vec<Param<'_, T>>;
+    /// The same tensors, mutable, same order (used by [`crate::gradcheck`] to perturb them).
+    fn params_mut(&mut self) -> Vec<&mut [T]>;
+}
+
+/// Zero-filled gradient buffers shaped like `cell.params()`.
+pub fn zero_grads<T: Real, C: Cell<T> + ?Sized>(cell: &C) -> Vec<Vec<T>> {
+    cell.params()
+        .iter()
+        .map(|p| vec![T::ZERO; p.data.len()])
+        .collect()
+}

@@ -1,0 +1,329 @@
+//! The parameter storage shared by the built-in cells and the one `Cell` implementation
+//! that runs all of them.
+
+use std::fmt::Debug;
+
+use super::{Cell, Param, StepBackward, StepForward};
+use crate::cpu;
+use crate::dim::Dim;
+use crate::error::{Error, Result, check_len, check_nonzero, checked_size};
+use crate::real::Real;
+
+/// Index of `kernel` in a built-in cell's [`Cell::params`].
+pub const KERNEL: usize = 0;
+/// Index of `recurrent_kernel`.
+pub const RECURRENT_KERNEL: usize = 1;
+/// Index of `bias` (present when the cell uses biases).
+pub const BIAS: usize = 2;
+/// Index of `recurrent_bias` (present when the cell uses biases).
+pub const RECURRENT_BIAS: usize = 3;
+
+/// The weights of a built-in cell with `G` gates, in the internal layout (see the
+/// [module docs](super)).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecurrentWeights<T, I: Dim, H: Dim> {
+    pub(crate) input: I,
+    pub(crate) hidden: H,
+    pub(crate) gates: usize,
+    /// `[I, G·H]`.
+    pub(crate) kernel: Vec<T>,
+    /// `[H, G·H]`.
+    pub(crate) recurrent_kernel: Vec<T>,
+    /// `[G·H]` each, or both empty when the cell has no bias.
+    pub(crate) bias: Vec<T>,
+    pub(crate) recurrent_bias: Vec<T>,
+}
+
+impl<T: Real, I: Dim, H: Dim> RecurrentWeights<T, I, H> {
+    /// Weights from row-major buffers in the internal layout: `kernel [I, G·H]`,
+    /// `recurrent_kernel [H, G·H]`, and either both biases (`[G·H]` each) or neither.
+    pub fn new(
+        input: I,
+        hidden: H,
+        gates: usize,
+        kernel: Vec<T>,
+        recurrent_kernel: Vec<T>,
+        biases: Option<(Vec<T>, Vec<T>)>,
+    ) -> Result<Self> {
+        check_nonzero("input_size", input.value())?;
+        check_nonzero("hidden_size", hidden.value())?;
+        check_nonzero("gates", gates)?;
+        let gh = checked_size("hidden_size", &[gates, hidden.value()])?;
+        check_len(
+            "kernel",
+            kernel.len(),
+            checked_size("kernel", &[input.value(), gh])?,
+        )?;
+        check_len(
+            "recurrent_kernel",
+            recurrent_kernel.len(),
+            checked_size("recurrent_kernel", &[hidden.value(), gh])?,
+        )?;
+        let (bias, recurrent_bias) = biases.unwrap_or_default();
+        if !(bias.is_empty() && recurrent_bias.is_empty()) {
+            check_len("bias", bias.len(), gh)?;
+            check_len("recurrent_bias", recurrent_bias.len(), gh)?;
+        }
+        Ok(Self {
+            input,
+            hidden,
+            gates,
+            kernel,
+            recurrent_kernel,
+            bias,
+            recurrent_bias,
+        })
+    }
+
+    /// All-zero weights.
+    pub fn zeros(input: I, hidden: H, gates: usize, use_bias: bool) -> Result<Self> {
+        let (i, h) = (input.value(), hidden.value());
+        let gh = checked_size("hidden_size", &[gates, h])?;
+        let biases = use_bias.then(|| (vec![T::ZERO; gh], vec![T::ZERO; gh]));
+        Self::new(
+            input,
+            hidden,
+            gates,
+            vec![T::ZERO; checked_size("kernel", &[i, gh])?],
+            vec![T::ZERO; checked_size("recurrent_kernel", &[h, gh])?],
+            biases,
+        )
+    }
+
+    /// Deterministic pseudo-random weights, uniform in `±sqrt(6 / (I + H))` (Glorot's scale) for
+    /// the kernels and `±0.1` for the biases; the same `seed` gives the same weights everywhere.
+    pub fn random(input: I, hidden: H, gates: usize, use_bias: bool, seed: u64) -> Result<Self> {
+        let mut w = Self::zeros(input, hidden, gates, use_bias)?;
+        let mut rng = SplitMix64(seed);
+        let scale = (6.0 / (input.value() + hidden.value()) as f64).sqrt();
+        for v in w.kernel.iter_mut().chain(w.recurrent_kernel.iter_mut()) {
+            *v = T::from_f64(scale * rng.symmetric());
+        }
+        for v in w.bias.iter_mut().chain(w.recurrent_bias.iter_mut()) {
+            *v = T::from_f64(0.1 * rng.symmetric());
+        }
+        Ok(w)
+    }
+
+    /// Input width `I`.
+    pub fn input_size(&self) -> usize {
+        self.input.value()
+    }
+    /// Hidden width `H`.
+    pub fn hidden_size(&self) -> usize {
+        self.hidden.value()
+    }
+    /// Number of gates `G`.
+    pub fn gates(&self) -> usize {
+        self.gates
+    }
+    /// Whether the cell has biases.
+    pub fn has_bias(&self) -> bool {
+        !self.bias.is_empty()
+    }
+    /// `kernel [I, G·H]`, row-major.
+    pub fn kernel(&self) -> &[T] {
+        &self.kernel
+    }
+    /// `recurrent_kernel [H, G·H]`, row-major.
+    pub fn recurrent_kernel(&self) -> &[T] {
+        &self.recurrent_kernel
+    }
+    /// `bias [G·H]` (input side), `None` without biases.
+    pub fn bias(&self) -> Option<&[T]> {
+        self.has_bias().then_some(&self.bias[..])
+    }
+    /// `recurrent_bias [G·H]`, `None` without biases.
+    pub fn recurrent_bias(&self) -> Option<&[T]> {
+        self.has_bias().then_some(&self.recurrent_bias[..])
+    }
+}
+
+/// A small, fast, reproducible generator (SplitMix64) for weight initialisation.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in `[-1, 1)`.
+    fn symmetric(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+    }
+}
+
+/// The cell-specific part of a built-in cell: gate count, activations and the fused step.
+///
+/// Implemented by [`super::SimpleRnnKind`], [`super::LstmKind`] and [`super::GruKind`]; sealed.
+pub trait CellKind: Copy + Debug + Send + Sync + 'static + private::Sealed {
+    /// Gates `G` (1, 4, 3).
+    const GATES: usize;
+    /// State tensors `S` (LSTM 2, others 1).
+    const STATES: usize;
+    /// Per-row record width for hidden width `h`.
+    fn tape_width(&self, h: usize) -> usize;
+    /// Per-row scratch width for hidden width `h`.
+    fn scratch_width(&self, h: usize) -> usize {
+        Self::GATES * h
+    }
+    /// The fused forward step.
+    fn step_forward<T: Real, I: Dim, H: Dim>(
+        &self,
+        w: &RecurrentWeights<T, I, H>,
+        step: StepForward<'_, T>,
+    );
+    /// The fused backward step: writes `d_state`, `d_proj`; accumulates the recurrent
+    /// parameter gradients into `d_recurrent_kernel` and `d_recurrent_bias` (empty without bias).
+    fn step_backward<T: Real, I: Dim, H: Dim>(
+        &self,
+        w: &RecurrentWeights<T, I, H>,
+        step: StepBackward<'_, T>,
+        d_recurrent_kernel: &mut [T],
+        d_recurrent_bias: &mut [T],
+    );
+}
+
+pub(crate) mod private {
+    pub trait Sealed {}
+}
+
+/// A built-in cell: weights plus the cell kind. Use the aliases [`super::Lstm`],
+/// [`super::Gru`] and [`super::SimpleRnn`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recurrent<T, K, I: Dim, H: Dim> {
+    pub(crate) weights: RecurrentWeights<T, I, H>,
+    pub(crate) kind: K,
+}
+
+impl<T: Real, K: CellKind, I: Dim, H: Dim> Recurrent<T, K, I, H> {
+    /// A cell of kind `kind` over `weights`, which must have `K::GATES` gates.
+    pub fn from_weights(kind: K, weights: RecurrentWeights<T, I, H>) -> Result<Self> {
+        if weights.gates != K::GATES {
+            return Err(Error::Mismatch {
+                arg: "weights.gates",
+                expected: K::GATES,
+                actual: weights.gates,
+            });
+        }
+        Ok(Self { weights, kind })
+    }
+
+    /// The cell's weights.
+    pub fn weights(&self) -> &RecurrentWeights<T, I, H> {
+        &self.weights
+    }
+    /// The cell kind with its activations.
+    pub fn kind(&self) -> &K {
+        &self.kind
+    }
+}
+
+impl<T: Real, K: CellKind, I: Dim, H: Dim> Cell<T> for Recurrent<T, K, I, H> {
+    fn input_size(&self) -> usize {
+        self.weights.input.value()
+    }
+    fn hidden_size(&self) -> usize {
+        self.weights.hidden.value()
+    }
+    fn state_count(&self) -> usize {
+        K::STATES
+    }
+    fn tape_width(&self) -> usize {
+        self.kind.tape_width(self.hidden_size())
+    }
+    fn scratch_width(&self) -> usize {
+        self.kind.scratch_width(self.hidden_size())
+    }
+    fn projection_width(&self) -> usize {
+        K::GATES * self.hidden_size()
+    }
+
+    fn project_inputs(&self, x: &[T], proj: &mut [T]) {
+        let w = &self.weights;
+        cpu::project_rows(
+            w.input,
+            x,
+            &w.kernel,
+            w.bias().unwrap_or(&[]),
+            proj,
+            K::GATES * self.hidden_size(),
+        );
+    }
+
+    fn step_forward(&self, step: StepForward<'_, T>) {
+        self.kind.step_forward(&self.weights, step);
+    }
+
+    fn step_backward(&self, step: StepBackward<'_, T>, grads: &mut [Vec<T>]) {
+        let (head, tail) = grads.split_at_mut(BIAS.min(grads.len()));
+        let d_rk = &mut head[RECURRENT_KERNEL];
+        let d_rb: &mut [T] = match tail.get_mut(RECURRENT_BIAS - BIAS) {
+            Some(v) => v,
+            None => &mut [],
+        };
+        self.kind.step_backward(&self.weights, step, d_rk, d_rb);
+    }
+
+    fn project_backward(&self, x: &[T], d_proj: &[T], dx: &mut [T], grads: &mut [Vec<T>]) {
+        let w = &self.weights;
+        let (d_kernel, rest) = grads.split_at_mut(1);
+        let d_bias: &mut [T] = match rest.get_mut(BIAS - 1) {
+            Some(v) => v,
+            None => &mut [],
+        };
+        cpu::project_rows_backward(
+            w.input,
+            x,
+            &w.kernel,
+            d_proj,
+            K::GATES * self.hidden_size(),
+            dx,
+            &mut d_kernel[0],
+            d_bias,
+        );
+    }
+
+    fn params(&self) -> Vec<Param<'_, T>> {
+        let w = &self.weights;
+        let (i, h, gh) = (w.input_size(), w.hidden_size(), K::GATES * w.hidden_size());
+        let mut p = vec![
+            Param {
+                name: "kernel",
+                shape: [i, gh],
+                data: &w.kernel,
+            },
+            Param {
+                name: "recurrent_kernel",
+                shape: [h, gh],
+                data: &w.recurrent_kernel,
+            },
+        ];
+        if w.has_bias() {
+            p.push(Param {
+                name: "bias",
+                shape: [1, gh],
+                data: &w.bias,
+            });
+            p.push(Param {
+                name: "recurrent_bias",
+                shape: [1, gh],
+                data: &w.recurrent_bias,
+            });
+        }
+        p
+    }
+
+    fn params_mut(&mut self) -> Vec<&mut [T]> {
+        let w = &mut self.weights;
+        let mut p: Vec<&mut [T]> = vec![&mut w.kernel, &mut w.recurrent_kernel];
+        if !w.bias.is_empty() {
+            p.push(&mut w.bias);
+            p.push(&mut w.recurrent_bias);
+        }
+        p
+    }
+}

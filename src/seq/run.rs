@@ -1,0 +1,285 @@
+//! Forward over time, recording, and backpropagation through time.
+
+use std::borrow::Cow;
+
+use super::{Dims, GradMode, Gradients, Output, SeqSpec};
+use crate::cell::{Cell, StepBackward, StepForward};
+use crate::error::{Error, Result, check_len};
+use crate::real::Real;
+
+/// Length of the training record [`forward_train`] writes for `cell` over `spec`:
+/// `(T + 1)·S·B·H` state values plus `T·B·tape_width` cell values.
+pub fn tape_len<T: Real, C: Cell<T> + ?Sized>(cell: &C, spec: &SeqSpec) -> Result<usize> {
+    Dims::new(cell, spec)?.tape_len()
+}
+
+/// Runs `cell` over `x` (see the [module docs](super) for shapes) from `initial_state`
+/// (`[S, B, H]`, zeros when `None`), for inference.
+pub fn forward<T: Real, C: Cell<T> + ?Sized>(
+    cell: &C,
+    spec: &SeqSpec,
+    x: &[T],
+    initial_state: Option<&[T]>,
+) -> Result<Output<T>> {
+    let d = Dims::new(cell, spec)?;
+    check_len("x", x.len(), d.x_len)?;
+    d.check_initial(initial_state)?;
+    let mut states = vec![T::ZERO; 2 * d.state_len];
+    run_forward(
+        cell,
+        spec,
+        &d,
+        x,
+        initial_state,
+        &mut states,
+        &mut [],
+        false,
+    )
+}
+
+/// Like [`forward`], and records what [`bptt`] needs into `tape`, which must hold at least
+/// [`tape_len`] elements (only that prefix is written).
+pub fn forward_train<T: Real, C: Cell<T> + ?Sized>(
+    cell: &C,
+    spec: &SeqSpec,
+    x: &[T],
+    initial_state: Option<&[T]>,
+    tape: &mut [T],
+) -> Result<Output<T>> {
+    let d = Dims::new(cell, spec)?;
+    check_len("x", x.len(), d.x_len)?;
+    d.check_initial(initial_state)?;
+    let need = d.tape_len()?;
+    if tape.len() < need {
+        return Err(Error::Length {
+            arg: "tape",
+            expected: need,
+            actual: tape.len(),
+        });
+    }
+    let (states, cell_tape) = tape[..need].split_at_mut((d.t + 1) * d.state_len);
+    run_forward(cell, spec, &d, x, initial_state, states, cell_tape, true)
+}
+
+/// `x` in processing order, time-major: borrowed when it already is.
+fn processing_order<'a, T: Real>(spec: &SeqSpec, d: &Dims, x: &'a [T]) -> Cow<'a, [T]> {
+    if spec.layout == super::Layout::TimeMajor && !spec.go_backwards {
+        return Cow::Borrowed(x);
+    }
+    let mut xs = Vec::with_capacity(d.x_len);
+    for t in 0..d.t {
+        let src = spec.source_step(t);
+        for b in 0..d.b {
+            let o = spec.offset(src, b, d.i);
+            xs.extend_from_slice(&x[o..o + d.i]);
+        }
+    }
+    Cow::Owned(xs)
+}
+
+/// The forward loop. `states` holds two snapshots used in turn (inference) or all `T + 1`
+/// (`training`); `cell_tape` is empty for inference.
+#[allow(clippy::too_many_arguments)]
+fn run_forward<T: Real, C: Cell<T> + ?Sized>(
+    cell: &C,
+    spec: &SeqSpec,
+    d: &Dims,
+    x: &[T],
+    initial_state: Option<&[T]>,
+    states: &mut [T],
+    cell_tape: &mut [T],
+    training: bool,
+) -> Result<Output<T>> {
+    let xs = processing_order(spec, d, x);
+    let mut proj = vec![T::ZERO; d.t * d.b * d.p];
+    if d.p > 0 {
+        cell.project_inputs(&xs, &mut proj);
+    }
+    let mut scratch = vec![T::ZERO; d.b * d.sw];
+    let sl = d.state_len;
+    match initial_state {
+        Some(s) => states[..sl].copy_from_slice(s),
+        None => states[..sl].fill(T::ZERO),
+    }
+    let mut y = vec![T::ZERO; d.y_len];
+    let bh = d.b * d.h;
+    for t in 0..d.t {
+        // Snapshot t is read, t + 1 written (training); inference alternates two slots.
+        let (cur, nxt) = if training {
+            (t, t + 1)
+        } else {
+            (t % 2, 1 - t % 2)
+        };
+        let (lo, hi) = states.split_at_mut(cur.max(nxt) * sl);
+        let (state, next) = if cur < nxt {
+            (&lo[cur * sl..], &mut hi[..sl])
+        } else {
+            (&hi[..sl], &mut lo[nxt * sl..])
+        };
+        let tape = if cell_tape.is_empty() {
+            &mut [][..]
+        } else {
+            &mut cell_tape[t * d.b * d.tw..(t + 1) * d.b * d.tw]
+        };
+        cell.step_forward(StepForward {
+            batch: d.b,
+            x: &xs[t * d.b * d.i..(t + 1) * d.b * d.i],
+            proj: &proj[t * d.b * d.p..(t + 1) * d.b * d.p],
+            state,
+            next,
+            scratch: &mut scratch,
+            tape,
+        });
+        if spec.return_sequences {
+            for b in 0..d.b {
+                let o = spec.offset(t, b, d.h);
+                y[o..o + d.h].copy_from_slice(&next[b * d.h..(b + 1) * d.h]);
+            }
+        } else if t + 1 == d.t {
+            y.copy_from_slice(&next[..bh]);
+        }
+    }
+    let last = if training { d.t } else { d.t % 2 };
+    Ok(Output {
+        y,
+        final_state: states[last * sl..(last + 1) * sl].to_vec(),
+    })
+}
+
+/// Backpropagation through time over a record written by [`forward_train`] with the same
+/// `cell`, `spec`, `x` and `initial_state`.
+///
+/// `dy` is the upstream gradient on `y` (shaped like it: every step with
+/// `return_sequences`, else `[B, H]`); `d_final_state` (`[S, B, H]`) the upstream gradient on
+/// the final state, if the loss depends on it. Returns fresh gradients (parameter gradients
+/// *overwritten*); [`bptt_into`] can accumulate instead.
+#[allow(clippy::too_many_arguments)]
+pub fn bptt<T: Real, C: Cell<T> + ?Sized>(
+    cell: &C,
+    spec: &SeqSpec,
+    x: &[T],
+    initial_state: Option<&[T]>,
+    tape: &[T],
+    dy: &[T],
+    d_final_state: Option<&[T]>,
+) -> Result<Gradients<T>> {
+    let mut grads = Gradients::zeros(cell, spec)?;
+    bptt_into(
+        cell,
+        spec,
+        x,
+        initial_state,
+        tape,
+        dy,
+        d_final_state,
+        &mut grads,
+        GradMode::Accumulate,
+    )?;
+    Ok(grads)
+}
+
+/// [`bptt`] into caller-owned gradients: `grads.dx` and `grads.d_initial_state` are always
+/// overwritten; `grads.params` are overwritten or accumulated into according to `mode`.
+#[allow(clippy::too_many_arguments)]
+pub fn bptt_into<T: Real, C: Cell<T> + ?Sized>(
+    cell: &C,
+    spec: &SeqSpec,
+    x: &[T],
+    initial_state: Option<&[T]>,
+    tape: &[T],
+    dy: &[T],
+    d_final_state: Option<&[T]>,
+    grads: &mut Gradients<T>,
+    mode: GradMode,
+) -> Result<()> {
+    let d = Dims::new(cell, spec)?;
+    check_len("x", x.len(), d.x_len)?;
+    d.check_initial(initial_state)?;
+    let need = d.tape_len()?;
+    if tape.len() < need {
+        return Err(Error::Length {
+            arg: "tape",
+            expected: need,
+            actual: tape.len(),
+        });
+    }
+    check_len("dy", dy.len(), d.y_len)?;
+    if let Some(g) = d_final_state {
+        check_len("d_final_state", g.len(), d.state_len)?;
+    }
+    check_len("grads.dx", grads.dx.len(), d.x_len)?;
+    check_len(
+        "grads.d_initial_state",
+        grads.d_initial_state.len(),
+        d.state_len,
+    )?;
+    let params = cell.params();
+    check_len("grads.params", grads.params.len(), params.len())?;
+    for (g, p) in grads.params.iter_mut().zip(&params) {
+        check_len("grads.params[k]", g.len(), p.data.len())?;
+        if mode == GradMode::Overwrite {
+            g.fill(T::ZERO);
+        }
+    }
+    drop(params);
+
+    let sl = d.state_len;
+    let (states, cell_tape) = tape[..need].split_at((d.t + 1) * sl);
+    let xs = processing_order(spec, &d, x);
+    let mut dxs = vec![T::ZERO; d.x_len];
+    let mut d_proj = vec![T::ZERO; d.t * d.b * d.p];
+    let mut scratch = vec![T::ZERO; d.b * d.sw];
+    let mut d_next = match d_final_state {
+        Some(g) => g.to_vec(),
+        None => vec![T::ZERO; sl],
+    };
+    let mut d_state = vec![T::ZERO; sl];
+    let bh = d.b * d.h;
+    for t in (0..d.t).rev() {
+        if spec.return_sequences {
+            for b in 0..d.b {
+                let o = spec.offset(t, b, d.h);
+                for (g, &v) in d_next[b * d.h..(b + 1) * d.h]
+                    .iter_mut()
+                    .zip(&dy[o..o + d.h])
+                {
+                    *g += v;
+                }
+            }
+        } else if t + 1 == d.t {
+            for (g, &v) in d_next[..bh].iter_mut().zip(dy) {
+                *g += v;
+            }
+        }
+        cell.step_backward(
+            StepBackward {
+                batch: d.b,
+                x: &xs[t * d.b * d.i..(t + 1) * d.b * d.i],
+                state: &states[t * sl..(t + 1) * sl],
+                next: &states[(t + 1) * sl..(t + 2) * sl],
+                tape: &cell_tape[t * d.b * d.tw..(t + 1) * d.b * d.tw],
+                d_next: &d_next,
+                d_state: &mut d_state,
+                d_proj: &mut d_proj[t * d.b * d.p..(t + 1) * d.b * d.p],
+                dx: &mut dxs[t * d.b * d.i..(t + 1) * d.b * d.i],
+                scratch: &mut scratch,
+            },
+            &mut grads.params,
+        );
+        std::mem::swap(&mut d_next, &mut d_state);
+    }
+    if d.p > 0 {
+        cell.project_backward(&xs, &d_proj, &mut dxs, &mut grads.params);
+    }
+    grads.d_initial_state.copy_from_slice(&d_next);
+    // Back from processing order to the caller's layout and direction.
+    for t in 0..d.t {
+        let src = spec.source_step(t);
+        for b in 0..d.b {
+            let o = spec.offset(src, b, d.i);
+            let r = (t * d.b + b) * d.i;
+            grads.dx[o..o + d.i].copy_from_slice(&dxs[r..r + d.i]);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,74 @@
+//! One step at a time, keeping the state between calls (real-time use).
+
+use crate::cell::{Cell, StepForward};
+use crate::error::{Result, check_len, check_nonzero, checked_size};
+use crate::real::Real;
+
+/// A batch of `B` sequences advanced one step per call.
+///
+/// Every buffer is allocated by [`Stream::new`]; [`Stream::step`] allocates nothing for
+/// batches of up to 4 rows (larger batches project their inputs through the matrix product,
+/// whose packing buffers are allocated per call).
+#[derive(Debug, Clone)]
+pub struct Stream<'c, T, C: ?Sized> {
+    cell: &'c C,
+    batch: usize,
+    state: Vec<T>,
+    next: Vec<T>,
+    proj: Vec<T>,
+    scratch: Vec<T>,
+}
+
+impl<'c, T: Real, C: Cell<T> + ?Sized> Stream<'c, T, C> {
+    /// A stream of `batch` sequences starting from the zero state.
+    pub fn new(cell: &'c C, batch: usize) -> Result<Self> {
+        check_nonzero("batch", batch)?;
+        check_nonzero("input_size", cell.input_size())?;
+        check_nonzero("hidden_size", cell.hidden_size())?;
+        let state_len = checked_size("state", &[cell.state_count(), batch, cell.hidden_size()])?;
+        Ok(Self {
+            cell,
+            batch,
+            state: vec![T::ZERO; state_len],
+            next: vec![T::ZERO; state_len],
+            proj: vec![T::ZERO; checked_size("proj", &[batch, cell.projection_width()])?],
+            scratch: vec![T::ZERO; checked_size("scratch", &[batch, cell.scratch_width()])?],
+        })
+    }
+
+    /// Advances every sequence by one step: `x` is `[B, I]`; returns the outputs `[B, H]`.
+    pub fn step(&mut self, x: &[T]) -> Result<&[T]> {
+        check_len("x", x.len(), self.batch * self.cell.input_size())?;
+        if !self.proj.is_empty() {
+            self.cell.project_inputs(x, &mut self.proj);
+        }
+        self.cell.step_forward(StepForward {
+            batch: self.batch,
+            x,
+            proj: &self.proj,
+            state: &self.state,
+            next: &mut self.next,
+            scratch: &mut self.scratch,
+            tape: &mut [],
+        });
+        std::mem::swap(&mut self.state, &mut self.next);
+        Ok(&self.state[..self.batch * self.cell.hidden_size()])
+    }
+
+    /// The current state `[S, B, H]`.
+    pub fn state(&self) -> &[T] {
+        &self.state
+    }
+
+    /// Replaces the current state (`[S, B, H]`).
+    pub fn set_state(&mut self, state: &[T]) -> Result<()> {
+        check_len("state", state.len(), self.state.len())?;
+        self.state.copy_from_slice(state);
+        Ok(())
+    }
+
+    /// Back to the zero state.
+    pub fn reset(&mut self) {
+        self.state.fill(T::ZERO);
+    }
+}
