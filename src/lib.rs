@@ -31,6 +31,7 @@ pub mod cell;
 pub(crate) mod cpu;
 pub mod dim;
 pub mod error;
+pub mod gradcheck;
 pub mod real;
 pub mod seq;
 
