@@ -2,7 +2,33 @@
 
 use crate::real::Real;
 
-/// How a row-major operand is read.
+/// A row-major matrix view: `rows × cols`, row `r` starting at `data[r · ld]`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Mat<'a, T> {
+    pub data: &'a [T],
+    pub rows: usize,
+    pub cols: usize,
+    pub ld: usize,
+}
+
+impl<'a, T> Mat<'a, T> {
+    /// A dense `rows × cols` matrix.
+    #[cfg(test)]
+    pub fn dense(data: &'a [T], rows: usize, cols: usize) -> Self {
+        Self {
+            data,
+            rows,
+            cols,
+            ld: cols,
+        }
+    }
+    /// Whether every element lies inside `data`.
+    fn fits(&self, len: usize) -> bool {
+        self.rows == 0 || self.cols == 0 || (self.rows - 1) * self.ld + self.cols <= len
+    }
+}
+
+/// How an operand is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Op {
     /// As stored.
@@ -11,61 +37,79 @@ pub(crate) enum Op {
     T,
 }
 
-/// `c[m, n] = beta·c + a·b`, every matrix row-major and dense; `a` is `[m, k]` for
-/// [`Op::N`] or stored `[k, m]` for [`Op::T`], likewise `b` (`[k, n]` or stored `[n, k]`).
-/// With `beta == 0` the previous contents of `c` are ignored (NaN included).
+/// `c = beta·c + op(a)·op(b)` where `c` is `m × n` (`m = c_rows`, `n = c_cols`), row `r` of `c`
+/// at `c[r · ldc]`. With `beta == 0` the previous contents of `c` are ignored (NaN included).
 ///
 /// # Panics
-/// When a buffer is shorter than its dimensions say: that is a bug in the caller, which
+/// When a view does not fit its buffer or the shapes disagree: a bug in the caller, which
 /// validates user-supplied lengths before reaching here.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm<T: Real>(
-    m: usize,
-    k: usize,
-    n: usize,
-    a: &[T],
+    a: Mat<'_, T>,
     op_a: Op,
-    b: &[T],
+    b: Mat<'_, T>,
     op_b: Op,
     beta: T,
     c: &mut [T],
+    c_rows: usize,
+    c_cols: usize,
+    ldc: usize,
 ) {
-    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
+    let (m, k) = if op_a == Op::N {
+        (a.rows, a.cols)
+    } else {
+        (a.cols, a.rows)
+    };
+    let (kb, n) = if op_b == Op::N {
+        (b.rows, b.cols)
+    } else {
+        (b.cols, b.rows)
+    };
+    let cv: Mat<'_, T> = Mat {
+        data: &[],
+        rows: c_rows,
+        cols: c_cols,
+        ld: ldc,
+    };
+    assert!(m == c_rows && n == c_cols && k == kb, "gemm shapes");
+    assert!(
+        a.fits(a.data.len()) && b.fits(b.data.len()) && cv.fits(c.len()),
+        "gemm bounds"
+    );
     if m == 0 || n == 0 {
         return;
     }
     if k == 0 {
-        for v in &mut c[..m * n] {
-            *v = if beta == T::ZERO { T::ZERO } else { beta * *v };
+        for r in 0..m {
+            for v in &mut c[r * ldc..r * ldc + n] {
+                *v = if beta == T::ZERO { T::ZERO } else { beta * *v };
+            }
         }
         return;
     }
-    let (rsa, csa) = match op_a {
-        Op::N => (k as isize, 1),
-        Op::T => (1, m as isize),
+    let strides = |op: Op, ld: usize| match op {
+        Op::N => (ld as isize, 1),
+        Op::T => (1, ld as isize),
     };
-    let (rsb, csb) = match op_b {
-        Op::N => (n as isize, 1),
-        Op::T => (1, k as isize),
-    };
-    // SAFETY: the assertion above bounds every index the strides address: a and b are dense
-    // [m, k] / [k, n] matrices (in either storage order) inside their slices, c is a dense
-    // [m, n] matrix inside `c`, which is borrowed mutably and so aliases neither.
+    let (rsa, csa) = strides(op_a, a.ld);
+    let (rsb, csb) = strides(op_b, b.ld);
+    // SAFETY: the assertions above bound every index the strides address inside the three
+    // slices; `c` is borrowed mutably, so it aliases neither `a` nor `b`.
     unsafe {
         T::gemm_raw(
             m,
             k,
             n,
             T::ONE,
-            a.as_ptr(),
+            a.data.as_ptr(),
             rsa,
             csa,
-            b.as_ptr(),
+            b.data.as_ptr(),
             rsb,
             csb,
             beta,
             c.as_mut_ptr(),
-            n as isize,
+            ldc as isize,
             1,
         );
     }
@@ -76,7 +120,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn all_operand_orders_match_a_plain_product() {
+    fn all_operand_orders_and_strides_match_a_plain_product() {
         let (m, k, n) = (3, 5, 4);
         let a: Vec<f64> = (0..m * k).map(|v| v as f64 * 0.5 - 2.0).collect();
         let b: Vec<f64> = (0..k * n).map(|v| 1.0 - v as f64 * 0.25).collect();
@@ -88,12 +132,35 @@ mod tests {
                 want[i * n + j] = (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum();
             }
         }
-        for (aa, oa) in [(&a, Op::N), (&at, Op::T)] {
-            for (bb, ob) in [(&b, Op::N), (&bt, Op::T)] {
+        for (aa, oa) in [
+            (Mat::dense(&a, m, k), Op::N),
+            (Mat::dense(&at, k, m), Op::T),
+        ] {
+            for (bb, ob) in [
+                (Mat::dense(&b, k, n), Op::N),
+                (Mat::dense(&bt, n, k), Op::T),
+            ] {
                 let mut c = vec![f64::NAN; m * n];
-                gemm(m, k, n, aa, oa, bb, ob, 0.0, &mut c);
+                gemm(aa, oa, bb, ob, 0.0, &mut c, m, n, n);
                 assert_eq!(c, want, "{oa:?} {ob:?}");
             }
+        }
+        // c with a leading dimension wider than n leaves the gaps alone.
+        let mut c = vec![7.0; m * (n + 2)];
+        gemm(
+            Mat::dense(&a, m, k),
+            Op::N,
+            Mat::dense(&b, k, n),
+            Op::N,
+            0.0,
+            &mut c,
+            m,
+            n,
+            n + 2,
+        );
+        for i in 0..m {
+            assert_eq!(&c[i * (n + 2)..i * (n + 2) + n], &want[i * n..(i + 1) * n]);
+            assert_eq!(c[i * (n + 2) + n], 7.0);
         }
     }
 }

@@ -1,11 +1,11 @@
-//! The portable fused step kernels.
+//! The portable kernels: row-level matrix-vector loops and the fused gate epilogues.
 //!
-//! One pass per batch row: the recurrent product `h_prev · recurrent_kernel + recurrent_bias`
-//! into a scratch row, then the gate activations and the state update unit by unit, reading the
-//! precomputed input projection. Loops run to [`Dim`] bounds so that compile-time shapes
-//! unroll; the inner loops are contiguous and written for auto-vectorisation.
+//! A step is the recurrent product for every batch row (see [`super::product_rows`]) into a
+//! scratch row, then one pass per row that adds the precomputed input projection, applies the
+//! gate activations and updates the state. Loops run to [`Dim`] bounds so that compile-time
+//! shapes unroll; inner loops are contiguous and written for auto-vectorisation.
 
-use super::init_with_bias;
+use super::{product_rows, product_rows_backward, sum_rows_into};
 use crate::cell::gru::{self, CANDIDATE, GruKind, RESET, UPDATE};
 use crate::cell::lstm::{self, LstmKind};
 use crate::cell::simple_rnn::SimpleRnnKind;
@@ -51,35 +51,64 @@ pub(crate) fn ger_acc<T: Real, K: Dim>(rows: K, v: &[T], d: &[T], w: &mut [T], l
     }
 }
 
-/// `acc += d` element-wise (bias gradients; no-op when `acc` is empty).
+/// Recurrent product for every row: `out[b, :n] = h[b] · recurrent_kernel[:, col0..col0+n]
+/// + recurrent_bias[col0..col0+n]`, `h` rows `ldh` apart, `out` rows `ldo` apart.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn add_into<T: Real>(acc: &mut [T], d: &[T]) {
-    for (a, &v) in acc.iter_mut().zip(d) {
-        *a += v;
-    }
-}
-
-/// `out = h_prev · recurrent_kernel[:, cols] + recurrent_bias[cols]` for one row.
-#[inline(always)]
-fn recurrent_row<T: Real, I: Dim, H: Dim>(
+fn recurrent<T: Real, I: Dim, H: Dim>(
     w: &RecurrentWeights<T, I, H>,
-    h_prev: &[T],
-    cols: std::ops::Range<usize>,
+    batch: usize,
+    h: &[T],
+    ldh: usize,
+    col0: usize,
+    n: usize,
     out: &mut [T],
+    ldo: usize,
 ) {
     let bias = if w.recurrent_bias.is_empty() {
         &[][..]
     } else {
-        &w.recurrent_bias[cols.clone()]
+        &w.recurrent_bias[col0..col0 + n]
     };
-    init_with_bias(out, bias);
-    gemv_acc(
+    let gh = w.gates * w.hidden.value();
+    product_rows(
         w.hidden,
-        h_prev,
-        &w.recurrent_kernel[cols.start..],
-        w.gates * w.hidden.value(),
+        batch,
+        h,
+        ldh,
+        &w.recurrent_kernel,
+        gh,
+        col0,
+        n,
+        bias,
         out,
+        ldo,
     );
+}
+
+/// Backward of [`recurrent`]: `dh[b] += d[b] · U[:, cols]ᵀ`, `dU[:, cols] += hᵀ · d`,
+/// `du[cols] += Σ_b d[b]` (bias gradient skipped when `d_rb` is empty).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn recurrent_backward<T: Real, I: Dim, H: Dim>(
+    w: &RecurrentWeights<T, I, H>,
+    batch: usize,
+    h: &[T],
+    ldh: usize,
+    col0: usize,
+    n: usize,
+    d: &[T],
+    ldd: usize,
+    dh: &mut [T],
+    d_rk: &mut [T],
+    d_rb: &mut [T],
+) {
+    let gh = w.gates * w.hidden.value();
+    let rk = &w.recurrent_kernel;
+    product_rows_backward(w.hidden, batch, h, ldh, rk, gh, col0, d, ldd, n, dh, d_rk);
+    if !d_rb.is_empty() {
+        sum_rows_into(&mut d_rb[col0..col0 + n], &d[..(batch - 1) * ldd + n], ldd);
+    }
 }
 
 pub(crate) fn simple_rnn_fwd<T: Real, I: Dim, H: Dim>(
@@ -87,18 +116,14 @@ pub(crate) fn simple_rnn_fwd<T: Real, I: Dim, H: Dim>(
     w: &RecurrentWeights<T, I, H>,
     s: StepForward<'_, T>,
 ) {
-    let h = w.hidden.value();
-    for b in 0..s.batch {
-        let rows = b * h..(b + 1) * h;
-        let rec = &mut s.scratch[rows.clone()];
-        recurrent_row(w, &s.state[rows.clone()], 0..h, rec);
-        for ((out, &r), &p) in s.next[rows.clone()]
-            .iter_mut()
-            .zip(rec.iter())
-            .zip(&s.proj[rows])
-        {
-            *out = kind.activation.apply(p + r);
-        }
+    let (h, b) = (w.hidden.value(), s.batch);
+    recurrent(w, b, s.state, h, 0, h, s.scratch, h);
+    for ((out, &r), &p) in s.next[..b * h]
+        .iter_mut()
+        .zip(&s.scratch[..b * h])
+        .zip(&s.proj[..b * h])
+    {
+        *out = kind.activation.apply(p + r);
     }
 }
 
@@ -109,23 +134,12 @@ pub(crate) fn simple_rnn_bwd<T: Real, I: Dim, H: Dim>(
     d_rk: &mut [T],
     d_rb: &mut [T],
 ) {
-    let h = w.hidden.value();
-    for b in 0..s.batch {
-        let rows = b * h..(b + 1) * h;
-        let da = &mut s.d_proj[rows.clone()];
-        for ((d, &dh), &y) in da
-            .iter_mut()
-            .zip(&s.d_next[rows.clone()])
-            .zip(&s.next[rows.clone()])
-        {
-            *d = dh * kind.activation.derivative_from_output(y);
-        }
-        let dh_prev = &mut s.d_state[rows.clone()];
-        dh_prev.fill(T::ZERO);
-        gemv_t_acc(w.hidden, da, &w.recurrent_kernel, h, dh_prev);
-        ger_acc(w.hidden, &s.state[rows], da, d_rk, h);
-        add_into(d_rb, da);
+    let (h, b) = (w.hidden.value(), s.batch);
+    for ((d, &dh), &y) in s.d_proj[..b * h].iter_mut().zip(s.d_next).zip(s.next) {
+        *d = dh * kind.activation.derivative_from_output(y);
     }
+    s.d_state.fill(T::ZERO);
+    recurrent_backward(w, b, s.state, h, 0, h, s.d_proj, h, s.d_state, d_rk, d_rb);
 }
 
 pub(crate) fn lstm_fwd<T: Real, I: Dim, H: Dim>(
@@ -138,10 +152,10 @@ pub(crate) fn lstm_fwd<T: Real, I: Dim, H: Dim>(
     let bh = s.batch * h;
     let (h_prev, c_prev) = s.state.split_at(bh);
     let (h_next, c_next) = s.next.split_at_mut(bh);
+    recurrent(w, s.batch, h_prev, h, 0, gh, s.scratch, gh);
     let record = !s.tape.is_empty();
     for b in 0..s.batch {
-        let rec = &mut s.scratch[b * gh..(b + 1) * gh];
-        recurrent_row(w, &h_prev[b * h..(b + 1) * h], 0..gh, rec);
+        let rec = &s.scratch[b * gh..(b + 1) * gh];
         let px = &s.proj[b * gh..(b + 1) * gh];
         for j in 0..h {
             let pre = [0, 1, 2, 3].map(|g| px[g * h + j] + rec[g * h + j]);
@@ -185,12 +199,11 @@ pub(crate) fn lstm_bwd<T: Real, I: Dim, H: Dim>(
             }
             dc_prev[i] = dc;
         }
-        let dh = &mut dh_prev[b * h..(b + 1) * h];
-        dh.fill(T::ZERO);
-        gemv_t_acc(w.hidden, da, &w.recurrent_kernel, gh, dh);
-        ger_acc(w.hidden, &h_prev[b * h..(b + 1) * h], da, d_rk, gh);
-        add_into(d_rb, da);
     }
+    dh_prev.fill(T::ZERO);
+    recurrent_backward(
+        w, s.batch, h_prev, h, 0, gh, s.d_proj, gh, dh_prev, d_rk, d_rb,
+    );
 }
 
 pub(crate) fn gru_fwd<T: Real, I: Dim, H: Dim>(
@@ -199,30 +212,30 @@ pub(crate) fn gru_fwd<T: Real, I: Dim, H: Dim>(
     s: StepForward<'_, T>,
 ) {
     let h = w.hidden.value();
-    let (gh, sw, tw) = (3 * h, 4 * h, kind.tape_width_rows(h));
+    let (gh, tw) = (3 * h, kind.tape_width_rows(h));
     let (ra, act) = (kind.recurrent_activation, kind.activation);
-    let record = !s.tape.is_empty();
+    // Scratch: rows [B, 3H] of recurrent terms (z, r, candidate), then rows [B, H] of r ⊙ h_prev.
+    let (rec, rh) = s.scratch.split_at_mut(s.batch * gh);
+    let rec_cols = if kind.reset_after { gh } else { 2 * h };
+    recurrent(w, s.batch, s.state, h, 0, rec_cols, rec, gh);
     for b in 0..s.batch {
-        let h_prev = &s.state[b * h..(b + 1) * h];
-        let px = &s.proj[b * gh..(b + 1) * gh];
-        let (rec, rh) = s.scratch[b * sw..(b + 1) * sw].split_at_mut(gh);
-        let out = &mut s.next[b * h..(b + 1) * h];
-        if kind.reset_after {
-            recurrent_row(w, h_prev, 0..gh, rec);
-        } else {
-            recurrent_row(w, h_prev, 0..2 * h, &mut rec[..2 * h]);
-        }
-        // Gates z and r first: the reset-before candidate needs r before its product.
+        let (rec, px) = (
+            &mut rec[b * gh..(b + 1) * gh],
+            &s.proj[b * gh..(b + 1) * gh],
+        );
         for j in 0..h {
             rec[UPDATE * h + j] = ra.apply(px[UPDATE * h + j] + rec[UPDATE * h + j]);
             rec[RESET * h + j] = ra.apply(px[RESET * h + j] + rec[RESET * h + j]);
+            rh[b * h + j] = rec[RESET * h + j] * s.state[b * h + j];
         }
-        if !kind.reset_after {
-            for j in 0..h {
-                rh[j] = rec[RESET * h + j] * h_prev[j];
-            }
-            recurrent_row(w, rh, 2 * h..gh, &mut rec[2 * h..]);
-        }
+    }
+    if !kind.reset_after {
+        // The reset-before candidate needs r before its product: (r ⊙ h_prev) · U_h̃.
+        recurrent(w, s.batch, rh, h, 2 * h, h, &mut rec[2 * h..], gh);
+    }
+    let record = !s.tape.is_empty();
+    for b in 0..s.batch {
+        let (rec, px) = (&rec[b * gh..(b + 1) * gh], &s.proj[b * gh..(b + 1) * gh]);
         for j in 0..h {
             let (z, r, rec_n) = (
                 rec[UPDATE * h + j],
@@ -235,7 +248,7 @@ pub(crate) fn gru_fwd<T: Real, I: Dim, H: Dim>(
                 px[CANDIDATE * h + j] + rec_n
             };
             let cand = act.apply(pre);
-            out[j] = gru::blend(z, h_prev[j], cand);
+            s.next[b * h + j] = gru::blend(z, s.state[b * h + j], cand);
             if record {
                 let t = &mut s.tape[b * tw..(b + 1) * tw];
                 t[UPDATE * h + j] = z;
@@ -257,62 +270,83 @@ pub(crate) fn gru_bwd<T: Real, I: Dim, H: Dim>(
     d_rb: &mut [T],
 ) {
     let h = w.hidden.value();
-    let (gh, sw, tw) = (3 * h, 4 * h, kind.tape_width_rows(h));
+    let (gh, tw) = (3 * h, kind.tape_width_rows(h));
     let ra = kind.recurrent_activation;
+    // Scratch: rows [B, 3H] of gradients of the recurrent terms, then rows [B, H] for r ⊙ h_prev
+    // and its gradient.
+    let (d_rec, rh) = s.scratch.split_at_mut(s.batch * gh);
+    let da = &mut *s.d_proj;
     for b in 0..s.batch {
         let t = &s.tape[b * tw..(b + 1) * tw];
-        let h_prev = &s.state[b * h..(b + 1) * h];
-        let dh_next = &s.d_next[b * h..(b + 1) * h];
-        let dh_prev = &mut s.d_state[b * h..(b + 1) * h];
-        let da = &mut s.d_proj[b * gh..(b + 1) * gh];
-        // d_rec: gradient of the recurrent product's output (bias included); rh: r ⊙ h_prev.
-        let (d_rec, rh) = s.scratch[b * sw..(b + 1) * sw].split_at_mut(gh);
         for j in 0..h {
             let (z, cand) = (t[UPDATE * h + j], t[CANDIDATE * h + j]);
-            let (dz, dn, dh_direct) = gru::blend_backward(kind, z, cand, h_prev[j], dh_next[j]);
-            da[UPDATE * h + j] = dz;
-            da[CANDIDATE * h + j] = dn;
-            dh_prev[j] = dh_direct;
+            let i = b * h + j;
+            let (dz, dn, dh_direct) = gru::blend_backward(kind, z, cand, s.state[i], s.d_next[i]);
+            da[b * gh + UPDATE * h + j] = dz;
+            da[b * gh + CANDIDATE * h + j] = dn;
+            s.d_state[i] = dh_direct;
         }
-        if kind.reset_after {
+    }
+    if kind.reset_after {
+        for b in 0..s.batch {
+            let t = &s.tape[b * tw..(b + 1) * tw];
             for j in 0..h {
-                let (r, rec_n, dn) = (t[RESET * h + j], t[3 * h + j], da[CANDIDATE * h + j]);
-                da[RESET * h + j] = dn * rec_n * ra.derivative_from_output(r);
-                d_rec[CANDIDATE * h + j] = dn * r;
+                let (r, rec_n, dn) = (
+                    t[RESET * h + j],
+                    t[3 * h + j],
+                    da[b * gh + CANDIDATE * h + j],
+                );
+                da[b * gh + RESET * h + j] = dn * rec_n * ra.derivative_from_output(r);
+                d_rec[b * gh + CANDIDATE * h + j] = dn * r;
             }
-        } else {
-            // d(r ⊙ h_prev) = U_h̃ · dn, then into r and h_prev.
-            let d_rh = &mut rh[..h];
-            d_rh.fill(T::ZERO);
-            gemv_t_acc(
-                w.hidden,
-                &da[2 * h..],
-                &w.recurrent_kernel[2 * h..],
-                gh,
-                d_rh,
-            );
-            for j in 0..h {
-                let r = t[RESET * h + j];
-                da[RESET * h + j] = d_rh[j] * h_prev[j] * ra.derivative_from_output(r);
-                dh_prev[j] += d_rh[j] * r;
-                d_rec[CANDIDATE * h + j] = da[CANDIDATE * h + j];
-            }
-            // The candidate's kernel gradient is taken against r ⊙ h_prev.
-            for j in 0..h {
-                rh[j] = t[RESET * h + j] * h_prev[j];
-            }
-            ger_acc(w.hidden, &rh[..h], &da[2 * h..], &mut d_rk[2 * h..], gh);
         }
-        d_rec[..2 * h].copy_from_slice(&da[..2 * h]);
-        let rec_cols = if kind.reset_after { gh } else { 2 * h };
-        gemv_t_acc(
+    } else {
+        // d(r ⊙ h_prev) = dn · U_h̃ᵀ, then into r and h_prev.
+        let d_rh = &mut *rh;
+        d_rh.fill(T::ZERO);
+        product_rows_backward(
             w.hidden,
-            &d_rec[..rec_cols],
+            s.batch,
+            &[],
+            h,
             &w.recurrent_kernel,
             gh,
-            dh_prev,
+            2 * h,
+            &da[2 * h..],
+            gh,
+            h,
+            d_rh,
+            &mut [],
         );
-        ger_acc(w.hidden, h_prev, &d_rec[..rec_cols], d_rk, gh);
-        add_into(d_rb, d_rec);
+        for b in 0..s.batch {
+            let t = &s.tape[b * tw..(b + 1) * tw];
+            for j in 0..h {
+                let (r, i) = (t[RESET * h + j], b * h + j);
+                da[b * gh + RESET * h + j] = d_rh[i] * s.state[i] * ra.derivative_from_output(r);
+                s.d_state[i] += d_rh[i] * r;
+                // From here on the block holds r ⊙ h_prev, the candidate kernel's input.
+                d_rh[i] = r * s.state[i];
+            }
+        }
+        recurrent_backward(
+            w,
+            s.batch,
+            d_rh,
+            h,
+            2 * h,
+            h,
+            &da[2 * h..],
+            gh,
+            &mut [],
+            d_rk,
+            d_rb,
+        );
     }
+    for b in 0..s.batch {
+        d_rec[b * gh..b * gh + 2 * h].copy_from_slice(&da[b * gh..b * gh + 2 * h]);
+    }
+    let rec_cols = if kind.reset_after { gh } else { 2 * h };
+    recurrent_backward(
+        w, s.batch, s.state, h, 0, rec_cols, d_rec, gh, s.d_state, d_rk, d_rb,
+    );
 }
