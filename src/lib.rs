@@ -8,7 +8,7 @@
 //!   ([`Const`]) and run-time ([`Dyn`]) shapes that run the same kernels.
 //! - [`seq`]: the sequence engine — forward, training forward with a caller-sized record,
 //!   [`seq::bptt`], and a streaming [`seq::Stream`].
-//! - [`reference`]: plain, obviously-right f64 loops; the oracle the kernels are tested
+//! - [`reference`](mod@reference): plain, obviously-right f64 loops; the oracle the kernels are tested
 //!   against, public for users who check their own work.
 //! - [`gradcheck`](mod@gradcheck): central finite differences for any [`Cell`].
 //! - [`layout`]: Keras, PyTorch and ONNX weight layouts.
@@ -32,7 +32,9 @@ pub(crate) mod cpu;
 pub mod dim;
 pub mod error;
 pub mod gradcheck;
+pub mod layout;
 pub mod real;
+pub mod reference;
 pub mod seq;
 
 pub use activation::Activation;
@@ -52,3 +54,8 @@ pub mod prelude {
     pub use crate::error::{Error, Result};
     pub use crate::seq::{self, GradMode, Gradients, Layout, Output, SeqSpec, Stream};
 }
+
+/// The README's code, compiled and run as a doctest so that it cannot go stale.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -10,7 +10,9 @@
 //! run-time shapes run the same source.
 
 pub(crate) mod gemm;
+pub(crate) mod math;
 pub(crate) mod scalar;
+pub(crate) mod simd;
 
 use crate::dim::Dim;
 use crate::real::Real;
