@@ -39,6 +39,7 @@ pub mod seq;
 
 pub use activation::Activation;
 pub use cell::Cell;
+pub use cpu::{Backend, active_backend, set_backend, with_backend};
 pub use dim::{Const, Dim, Dyn};
 pub use error::{Error, Result};
 pub use real::Real;

@@ -71,9 +71,25 @@ pub trait Real:
 }
 
 mod private {
-    pub trait Sealed {}
-    impl Sealed for f32 {}
-    impl Sealed for f64 {}
+    use crate::cpu::{self, Backend, Job};
+    use crate::dim::Dim;
+
+    /// Seals [`Real`](super::Real) and routes kernels to the element type's implementation.
+    pub trait Sealed: Sized {
+        fn run_job<I: Dim, H: Dim>(job: Job<'_, Self, I, H>, backend: Backend);
+    }
+    impl Sealed for f32 {
+        #[inline]
+        fn run_job<I: Dim, H: Dim>(job: Job<'_, Self, I, H>, backend: Backend) {
+            cpu::run_f32(job, backend)
+        }
+    }
+    impl Sealed for f64 {
+        #[inline]
+        fn run_job<I: Dim, H: Dim>(job: Job<'_, Self, I, H>, backend: Backend) {
+            cpu::run_f64(job, backend)
+        }
+    }
 }
 
 macro_rules! impl_real {

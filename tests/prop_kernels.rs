@@ -1,7 +1,7 @@
 //! Property tests: the sequence engine running every built-in cell, in `f64` and in `f32`,
 //! against the plain `f64` oracle in `fused_rnn::reference`.
 //!
-//! Every case draws a shape (`T` 1..=6, `B` 1..=4, `I` 1..=11, `H` 1..=13, so that 1 and sizes
+//! Every case draws a shape (`T` 1..=6, `B` 1..=7, `I` 1..=11, `H` 1..=37, so that 1 and sizes
 //! that are not multiples of any SIMD width occur), the flags (bias, initial state,
 //! `go_backwards`, `return_sequences`, layout, an upstream gradient on the final state), and
 //! random weights, inputs and upstream gradients. The engine's outputs, final states and every
@@ -15,6 +15,7 @@ use fused_rnn::cell::{CellKind, Recurrent, RecurrentWeights};
 use fused_rnn::prelude::*;
 use fused_rnn::real::Real;
 use fused_rnn::reference::{self, RefCell, RefKind};
+use fused_rnn::{Backend, with_backend};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
@@ -262,9 +263,11 @@ where
 fn case(kind: RefKind, magnitude: Magnitude) -> impl Strategy<Value = Case> {
     (
         1..=6usize,
-        1..=4usize,
+        // Batches above 4 take the matrix-product path of the recurrent step.
+        1..=7usize,
         1..=11usize,
-        1..=13usize,
+        // Past 2·16 so that full AVX-512 registers, register tiles and tails all occur.
+        1..=37usize,
         any::<[bool; 6]>(),
     )
         .prop_flat_map(move |(t, b, i, h, flags)| {
@@ -529,10 +532,17 @@ fn compare<T: Real>(c: &Case, fwd: Tol, bptt: Tol) -> Result<(), TestCaseError> 
     Ok(())
 }
 
-/// The engine in `f64` and in `f32` against the reference.
+/// The engine in `f64` and in `f32` against the reference, under every backend this CPU has.
 fn check_case(c: &Case) -> Result<(), TestCaseError> {
-    compare::<f64>(c, F64_FWD, F64_BPTT)?;
-    compare::<f32>(c, F32_FWD, F32_BPTT)
+    for backend in Backend::available() {
+        with_backend(backend, || {
+            compare::<f64>(c, F64_FWD, F64_BPTT)?;
+            compare::<f32>(c, F32_FWD, F32_BPTT)
+        })
+        .unwrap()
+        .map_err(|e| TestCaseError::fail(format!("backend {backend}: {e}")))?;
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -698,8 +708,13 @@ fn nan_propagates<T: Real>() {
 /// sequence and every earlier step finite.
 #[test]
 fn nan_input_propagates() {
-    nan_propagates::<f64>();
-    nan_propagates::<f32>();
+    for backend in Backend::available() {
+        with_backend(backend, || {
+            nan_propagates::<f64>();
+            nan_propagates::<f32>();
+        })
+        .unwrap();
+    }
 }
 
 fn infinities_saturate<T: Real>() {
@@ -748,8 +763,13 @@ fn infinities_saturate<T: Real>() {
 /// ±inf in an input saturates the LSTM / GRU gates instead of poisoning the state.
 #[test]
 fn infinite_input_saturates() {
-    infinities_saturate::<f64>();
-    infinities_saturate::<f32>();
+    for backend in Backend::available() {
+        with_backend(backend, || {
+            infinities_saturate::<f64>();
+            infinities_saturate::<f32>();
+        })
+        .unwrap();
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -869,8 +889,13 @@ fn const_matches_dyn<T: Real>() {
 /// gradients to the `Dyn` form with the same weights.
 #[test]
 fn const_dims_are_bit_identical_to_dyn() {
-    const_matches_dyn::<f64>();
-    const_matches_dyn::<f32>();
+    for backend in Backend::available() {
+        with_backend(backend, || {
+            const_matches_dyn::<f64>();
+            const_matches_dyn::<f32>();
+        })
+        .unwrap();
+    }
 }
 
 /// `bptt_into` with `GradMode::Accumulate` adds to the parameter gradients (twice from zero

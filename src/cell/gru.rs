@@ -94,7 +94,7 @@ impl CellKind for GruKind {
         w: &RecurrentWeights<T, I, H>,
         step: StepForward<'_, T>,
     ) {
-        cpu::scalar::gru_fwd(self, w, step);
+        cpu::dispatch(cpu::Job::GruFwd(self, w, step));
     }
     fn step_backward<T: Real, I: Dim, H: Dim>(
         &self,
@@ -103,21 +103,12 @@ impl CellKind for GruKind {
         d_recurrent_kernel: &mut [T],
         d_recurrent_bias: &mut [T],
     ) {
-        cpu::scalar::gru_bwd(self, w, step, d_recurrent_kernel, d_recurrent_bias);
+        cpu::dispatch(cpu::Job::GruBwd(
+            self,
+            w,
+            step,
+            d_recurrent_kernel,
+            d_recurrent_bias,
+        ));
     }
-}
-
-/// `h = z·h_prev + (1 − z)·h̃`.
-#[inline(always)]
-pub(crate) fn blend<T: Real>(z: T, h_prev: T, cand: T) -> T {
-    z * h_prev + (T::ONE - z) * cand
-}
-
-/// Backward of [`blend`] and of the gate activations of `z` and `h̃`: returns
-/// `(d_pre_z, d_pre_cand, dh_prev_direct)`.
-#[inline(always)]
-pub(crate) fn blend_backward<T: Real>(k: &GruKind, z: T, cand: T, h_prev: T, dh: T) -> (T, T, T) {
-    let d_pre_z = dh * (h_prev - cand) * k.recurrent_activation.derivative_from_output(z);
-    let d_pre_cand = dh * (T::ONE - z) * k.activation.derivative_from_output(cand);
-    (d_pre_z, d_pre_cand, dh * z)
 }

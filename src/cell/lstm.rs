@@ -77,7 +77,7 @@ impl CellKind for LstmKind {
         w: &RecurrentWeights<T, I, H>,
         step: StepForward<'_, T>,
     ) {
-        cpu::scalar::lstm_fwd(self, w, step);
+        cpu::dispatch(cpu::Job::LstmFwd(self, w, step));
     }
     fn step_backward<T: Real, I: Dim, H: Dim>(
         &self,
@@ -86,60 +86,12 @@ impl CellKind for LstmKind {
         d_recurrent_kernel: &mut [T],
         d_recurrent_bias: &mut [T],
     ) {
-        cpu::scalar::lstm_bwd(self, w, step, d_recurrent_kernel, d_recurrent_bias);
+        cpu::dispatch(cpu::Job::LstmBwd(
+            self,
+            w,
+            step,
+            d_recurrent_kernel,
+            d_recurrent_bias,
+        ));
     }
-}
-
-/// Gate values of one hidden unit after activation.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct LstmUnit<T> {
-    /// `i, f, c̃, o`.
-    pub gates: [T; 4],
-    /// New cell state.
-    pub c: T,
-    /// `act(c)`.
-    pub act_c: T,
-    /// New output.
-    pub h: T,
-}
-
-/// One unit forward from its four pre-activations.
-#[inline(always)]
-pub(crate) fn unit_forward<T: Real>(k: &LstmKind, pre: [T; 4], c_prev: T) -> LstmUnit<T> {
-    let ra = k.recurrent_activation;
-    let i = ra.apply(pre[INPUT]);
-    let f = ra.apply(pre[FORGET]);
-    let g = k.activation.apply(pre[CELL]);
-    let o = ra.apply(pre[OUTPUT]);
-    let c = f * c_prev + i * g;
-    let act_c = k.activation.apply(c);
-    LstmUnit {
-        gates: [i, f, g, o],
-        c,
-        act_c,
-        h: o * act_c,
-    }
-}
-
-/// One unit backward: from `dh`, `dc` (upstream, on the new state) to the four
-/// pre-activation gradients and `dc_prev`.
-#[inline(always)]
-pub(crate) fn unit_backward<T: Real>(
-    k: &LstmKind,
-    gates: [T; 4],
-    act_c: T,
-    c_prev: T,
-    dh: T,
-    dc: T,
-) -> ([T; 4], T) {
-    let (ra, a) = (k.recurrent_activation, k.activation);
-    let [i, f, g, o] = gates;
-    let dc = dc + dh * o * a.derivative_from_output(act_c);
-    let d_pre = [
-        dc * g * ra.derivative_from_output(i),
-        dc * c_prev * ra.derivative_from_output(f),
-        dc * i * a.derivative_from_output(g),
-        dh * act_c * ra.derivative_from_output(o),
-    ];
-    (d_pre, dc * f)
 }

@@ -54,7 +54,7 @@ impl CellKind for SimpleRnnKind {
         w: &RecurrentWeights<T, I, H>,
         step: StepForward<'_, T>,
     ) {
-        cpu::scalar::simple_rnn_fwd(self, w, step);
+        cpu::dispatch(cpu::Job::RnnFwd(self, w, step));
     }
     fn step_backward<T: Real, I: Dim, H: Dim>(
         &self,
@@ -63,6 +63,12 @@ impl CellKind for SimpleRnnKind {
         d_recurrent_kernel: &mut [T],
         d_recurrent_bias: &mut [T],
     ) {
-        cpu::scalar::simple_rnn_bwd(self, w, step, d_recurrent_kernel, d_recurrent_bias);
+        cpu::dispatch(cpu::Job::RnnBwd(
+            self,
+            w,
+            step,
+            d_recurrent_kernel,
+            d_recurrent_bias,
+        ));
     }
 }

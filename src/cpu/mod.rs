@@ -1,5 +1,5 @@
 //! CPU kernels: the input projection over all rows, the recurrent products, the fused gate
-//! epilogues, and the dispatch between them.
+//! epilogues, and the dispatch between backends.
 //!
 //! The big products (input projection, and in backward the input and kernel gradients) go
 //! through [`gemm`] over all `T·B` rows at once. A recurrent step is two phases: the product of
@@ -7,133 +7,349 @@
 //! matrix-vector kernel for small batches, one matrix product otherwise), then the fused
 //! epilogue per row — bias, precomputed input projection, gate activations and state update in
 //! one pass. Every kernel is generic over [`Dim`](crate::dim::Dim), so compile-time and
-//! run-time shapes run the same source.
+//! run-time shapes run the same source, and over [`ops::RowOps`], so every backend runs the
+//! same source too.
+//!
+//! # Backends
+//! [`Backend::Scalar`] (portable), [`Backend::Avx2`] (AVX2 + FMA) and [`Backend::Avx512`]
+//! (AVX-512F). The best one this CPU supports is detected once; `FUSED_RNN_BACKEND=scalar|avx2|
+//! avx512` in the environment, [`set_backend`] for the process, or [`with_backend`] for one
+//! thread and one closure force another. `f32` kernels use explicit SIMD on AVX2 and AVX-512;
+//! `f64` kernels run the portable code compiled for the selected ISA.
 
 pub(crate) mod gemm;
 pub(crate) mod math;
-pub(crate) mod scalar;
+pub(crate) mod ops;
 pub(crate) mod simd;
+pub(crate) mod step;
 
+use std::cell::Cell as StdCell;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use crate::cell::gru::GruKind;
+use crate::cell::lstm::LstmKind;
+use crate::cell::simple_rnn::SimpleRnnKind;
+use crate::cell::{RecurrentWeights, StepBackward, StepForward};
 use crate::dim::Dim;
+use crate::error::{Error, Result};
 use crate::real::Real;
-use gemm::{Mat, Op};
+use ops::{RowOps, ScalarOps};
 
 /// Up to this many rows a product is done row by row: no packing, and no allocation
 /// (matrixmultiply allocates packing buffers), which keeps small streaming steps
 /// allocation-free.
 pub(crate) const SMALL_ROWS: usize = 4;
 
-/// `out[r, :n] = bias + x[r, :K] · w[:, col0..col0 + n]` for every row `r < rows`.
-///
-/// `x` rows are `ldx` apart, `w` rows `ldw`, `out` rows `ldo`; `bias` has `n` values or is
-/// empty (none). `K` is a [`Dim`] so compile-time shapes unroll the row kernel.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn product_rows<T: Real, K: Dim>(
-    k: K,
-    rows: usize,
-    x: &[T],
-    ldx: usize,
-    w: &[T],
-    ldw: usize,
-    col0: usize,
-    n: usize,
-    bias: &[T],
-    out: &mut [T],
-    ldo: usize,
-) {
-    if rows <= SMALL_ROWS {
-        for r in 0..rows {
-            let o = &mut out[r * ldo..r * ldo + n];
-            init_with_bias(o, bias);
-            scalar::gemv_acc(k, &x[r * ldx..], &w[col0..], ldw, o);
+/// A CPU kernel backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// Portable Rust, no ISA assumptions.
+    Scalar,
+    /// AVX2 with FMA, 8 `f32` lanes.
+    Avx2,
+    /// AVX-512F, 16 `f32` lanes.
+    Avx512,
+}
+
+impl Backend {
+    /// Every backend, slowest first.
+    pub const ALL: [Backend; 3] = [Backend::Scalar, Backend::Avx2, Backend::Avx512];
+
+    /// `scalar`, `avx2` or `avx512`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Scalar => "scalar",
+            Backend::Avx2 => "avx2",
+            Backend::Avx512 => "avx512",
         }
-        return;
     }
-    let kv = k.value();
-    gemm::gemm(
-        Mat {
-            data: x,
-            rows,
-            cols: kv,
-            ld: ldx,
-        },
-        Op::N,
-        Mat {
-            data: &w[col0..],
-            rows: kv,
-            cols: n,
-            ld: ldw,
-        },
-        Op::N,
-        T::ZERO,
-        out,
-        rows,
-        n,
-        ldo,
-    );
-    if !bias.is_empty() {
-        for r in 0..rows {
-            for (o, &b) in out[r * ldo..r * ldo + n].iter_mut().zip(bias) {
-                *o += b;
+
+    /// Parses [`Backend::name`].
+    pub fn from_name(name: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|b| b.name() == name)
+            .ok_or_else(|| Error::Unknown {
+                what: "backend",
+                value: name.to_string(),
+                expected: "scalar, avx2, avx512",
+            })
+    }
+
+    /// Whether this CPU can run the backend.
+    pub fn is_available(self) -> bool {
+        match self {
+            Backend::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx2 => simd::Avx2::try_new().is_some(),
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx512 => simd::Avx512::try_new().is_some(),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// The backends this CPU can run, slowest first.
+    pub fn available() -> Vec<Backend> {
+        Self::ALL.into_iter().filter(|b| b.is_available()).collect()
+    }
+
+    /// The fastest backend this CPU can run.
+    pub fn detected() -> Backend {
+        static DETECTED: OnceLock<Backend> = OnceLock::new();
+        *DETECTED.get_or_init(|| *Self::available().last().unwrap_or(&Backend::Scalar))
+    }
+
+    fn code(self) -> u8 {
+        self as u8 + 1
+    }
+    fn from_code(c: u8) -> Option<Backend> {
+        Self::ALL.get((c as usize).checked_sub(1)?).copied()
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Process-wide choice: 0 = not set (environment, then detection).
+static FORCED: AtomicU8 = AtomicU8::new(0);
+
+thread_local! {
+    static THREAD_FORCED: StdCell<u8> = const { StdCell::new(0) };
+}
+
+fn check_available(b: Backend) -> Result<()> {
+    if b.is_available() {
+        Ok(())
+    } else {
+        Err(Error::Invalid {
+            arg: "backend",
+            reason: format!(
+                "{b} is not supported by this CPU (available: {:?})",
+                Backend::available()
+            ),
+        })
+    }
+}
+
+/// The backend from `FUSED_RNN_BACKEND`, read once; an unknown or unsupported name falls back
+/// to detection.
+fn from_environment() -> Option<Backend> {
+    static ENV: OnceLock<Option<Backend>> = OnceLock::new();
+    *ENV.get_or_init(|| {
+        let name = std::env::var("FUSED_RNN_BACKEND").ok()?;
+        Backend::from_name(name.trim())
+            .ok()
+            .filter(|b| b.is_available())
+    })
+}
+
+/// The backend kernels called from this thread use now: [`with_backend`]'s, else
+/// [`set_backend`]'s, else `FUSED_RNN_BACKEND`'s, else [`Backend::detected`].
+pub fn active_backend() -> Backend {
+    let forced = THREAD_FORCED.with(|c| c.get());
+    Backend::from_code(forced)
+        .or_else(|| Backend::from_code(FORCED.load(Ordering::Relaxed)))
+        .or_else(from_environment)
+        .unwrap_or_else(Backend::detected)
+}
+
+/// Forces `backend` for the whole process (`None`: back to the environment and detection).
+/// Errors when this CPU cannot run it.
+pub fn set_backend(backend: Option<Backend>) -> Result<()> {
+    if let Some(b) = backend {
+        check_available(b)?;
+    }
+    FORCED.store(backend.map_or(0, Backend::code), Ordering::Relaxed);
+    Ok(())
+}
+
+/// Runs `f` with `backend` forced on this thread (other threads are unaffected), restoring the
+/// previous choice afterwards. Errors when this CPU cannot run it.
+pub fn with_backend<R>(backend: Backend, f: impl FnOnce() -> R) -> Result<R> {
+    check_available(backend)?;
+    struct Restore(u8);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            THREAD_FORCED.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(THREAD_FORCED.with(|c| c.replace(backend.code())));
+    Ok(f())
+}
+
+/// One kernel invocation, carried through the dispatch so that every kernel is instantiated
+/// once per backend inside that backend's `#[target_feature]` wrapper.
+pub enum Job<'a, T, I: Dim, H: Dim> {
+    /// Input projection of `x` rows: see [`project_rows`].
+    Project {
+        input: I,
+        x: &'a [T],
+        kernel: &'a [T],
+        bias: &'a [T],
+        proj: &'a mut [T],
+        p: usize,
+    },
+    /// SimpleRNN forward step.
+    RnnFwd(
+        &'a SimpleRnnKind,
+        &'a RecurrentWeights<T, I, H>,
+        StepForward<'a, T>,
+    ),
+    /// SimpleRNN backward step, with the recurrent kernel and bias gradients.
+    RnnBwd(
+        &'a SimpleRnnKind,
+        &'a RecurrentWeights<T, I, H>,
+        StepBackward<'a, T>,
+        &'a mut [T],
+        &'a mut [T],
+    ),
+    /// LSTM forward step.
+    LstmFwd(
+        &'a LstmKind,
+        &'a RecurrentWeights<T, I, H>,
+        StepForward<'a, T>,
+    ),
+    /// LSTM backward step.
+    LstmBwd(
+        &'a LstmKind,
+        &'a RecurrentWeights<T, I, H>,
+        StepBackward<'a, T>,
+        &'a mut [T],
+        &'a mut [T],
+    ),
+    /// GRU forward step.
+    GruFwd(
+        &'a GruKind,
+        &'a RecurrentWeights<T, I, H>,
+        StepForward<'a, T>,
+    ),
+    /// GRU backward step.
+    GruBwd(
+        &'a GruKind,
+        &'a RecurrentWeights<T, I, H>,
+        StepBackward<'a, T>,
+        &'a mut [T],
+        &'a mut [T],
+    ),
+}
+
+impl<T: Real, I: Dim, H: Dim> Job<'_, T, I, H> {
+    /// Runs the job with `ops`.
+    #[inline(always)]
+    pub(crate) fn run<O: RowOps<T>>(self, ops: O) {
+        match self {
+            Job::Project {
+                input,
+                x,
+                kernel,
+                bias,
+                proj,
+                p,
+            } => {
+                let i = input.value();
+                step::product_rows(
+                    ops,
+                    input,
+                    x.len() / i,
+                    x,
+                    i,
+                    kernel,
+                    p,
+                    0,
+                    p,
+                    bias,
+                    proj,
+                    p,
+                );
             }
+            Job::RnnFwd(k, w, s) => step::simple_rnn_fwd(ops, k, w, s),
+            Job::RnnBwd(k, w, s, rk, rb) => step::simple_rnn_bwd(ops, k, w, s, rk, rb),
+            Job::LstmFwd(k, w, s) => step::lstm_fwd(ops, k, w, s),
+            Job::LstmBwd(k, w, s, rk, rb) => step::lstm_bwd(ops, k, w, s, rk, rb),
+            Job::GruFwd(k, w, s) => step::gru_fwd(ops, k, w, s),
+            Job::GruBwd(k, w, s, rk, rb) => step::gru_bwd(ops, k, w, s, rk, rb),
         }
     }
 }
 
-/// Backward of [`product_rows`] with respect to `x` and `w` (accumulating):
-/// `dx[r, :K] += d[r, :n] · w[:, cols]ᵀ` and `dw[:, cols] += x[:rows, :K]ᵀ · d`.
-/// `dx` and `dw` may be empty to skip that gradient.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn product_rows_backward<T: Real, K: Dim>(
-    k: K,
-    rows: usize,
-    x: &[T],
-    ldx: usize,
-    w: &[T],
-    ldw: usize,
-    col0: usize,
-    d: &[T],
-    ldd: usize,
-    n: usize,
-    dx: &mut [T],
-    dw: &mut [T],
-) {
-    let kv = k.value();
-    if rows <= SMALL_ROWS {
-        for r in 0..rows {
-            let dr = &d[r * ldd..r * ldd + n];
-            if !dx.is_empty() {
-                scalar::gemv_t_acc(k, dr, &w[col0..], ldw, &mut dx[r * ldx..]);
-            }
-            if !dw.is_empty() {
-                scalar::ger_acc(k, &x[r * ldx..], dr, &mut dw[col0..], ldw);
-            }
+/// Runs `job` under the active backend.
+#[inline]
+pub(crate) fn dispatch<T: Real, I: Dim, H: Dim>(job: Job<'_, T, I, H>) {
+    T::run_job(job, active_backend());
+}
+
+/// Per element type: which operations each backend uses. `f32` has explicit SIMD.
+pub(crate) fn run_f32<I: Dim, H: Dim>(job: Job<'_, f32, I, H>, backend: Backend) {
+    match backend {
+        #[cfg(target_arch = "x86_64")]
+        Backend::Avx512 => {
+            let t = simd::Avx512::try_new().expect("dispatch checked availability");
+            // SAFETY: the token proves AVX-512F, AVX2 and FMA are present.
+            unsafe { isa::run_avx512(t, job, ops::SimdOps(t)) }
         }
-        return;
+        #[cfg(target_arch = "x86_64")]
+        Backend::Avx2 => {
+            let t = simd::Avx2::try_new().expect("dispatch checked availability");
+            // SAFETY: the token proves AVX2 and FMA are present.
+            unsafe { isa::run_avx2(t, job, ops::SimdOps(t)) }
+        }
+        _ => job.run(ScalarOps),
     }
-    let dm = Mat {
-        data: d,
-        rows,
-        cols: n,
-        ld: ldd,
-    };
-    if !dx.is_empty() {
-        let wm = Mat {
-            data: &w[col0..],
-            rows: kv,
-            cols: n,
-            ld: ldw,
-        };
-        gemm::gemm(dm, Op::N, wm, Op::T, T::ONE, dx, rows, kv, ldx);
+}
+
+/// `f64` runs the portable operations, compiled for the selected ISA.
+pub(crate) fn run_f64<I: Dim, H: Dim>(job: Job<'_, f64, I, H>, backend: Backend) {
+    match backend {
+        #[cfg(target_arch = "x86_64")]
+        Backend::Avx512 => {
+            let t = simd::Avx512::try_new().expect("dispatch checked availability");
+            // SAFETY: the token proves AVX-512F, AVX2 and FMA are present.
+            unsafe { isa::run_avx512(t, job, ScalarOps) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Backend::Avx2 => {
+            let t = simd::Avx2::try_new().expect("dispatch checked availability");
+            // SAFETY: the token proves AVX2 and FMA are present.
+            unsafe { isa::run_avx2(t, job, ScalarOps) }
+        }
+        _ => job.run(ScalarOps),
     }
-    if !dw.is_empty() {
-        let xm = Mat {
-            data: x,
-            rows,
-            cols: kv,
-            ld: ldx,
-        };
-        gemm::gemm(xm, Op::T, dm, Op::N, T::ONE, &mut dw[col0..], kv, n, ldw);
+}
+
+/// The `#[target_feature]` wrappers: the only place the ISA is switched on.
+#[cfg(target_arch = "x86_64")]
+mod isa {
+    use super::Job;
+    use super::ops::RowOps;
+    use super::simd::{Avx2, Avx512};
+    use crate::dim::Dim;
+    use crate::real::Real;
+
+    /// # Safety
+    /// The CPU must support AVX2 and FMA (the token is the proof).
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn run_avx2<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
+        _proof: Avx2,
+        job: Job<'_, T, I, H>,
+        ops: O,
+    ) {
+        job.run(ops)
+    }
+
+    /// # Safety
+    /// The CPU must support AVX-512F, AVX2 and FMA (the token is the proof).
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn run_avx512<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
+        _proof: Avx512,
+        job: Job<'_, T, I, H>,
+        ops: O,
+    ) {
+        job.run(ops)
     }
 }
 
@@ -146,8 +362,14 @@ pub(crate) fn project_rows<T: Real, I: Dim>(
     proj: &mut [T],
     p: usize,
 ) {
-    let i = input.value();
-    product_rows(input, x.len() / i, x, i, kernel, p, 0, p, bias, proj, p);
+    dispatch::<T, I, I>(Job::Project {
+        input,
+        x,
+        kernel,
+        bias,
+        proj,
+        p,
+    });
 }
 
 /// Backward of [`project_rows`]: `dx += d_proj · kernelᵀ`, `d_kernel += xᵀ · d_proj`,
@@ -163,20 +385,11 @@ pub(crate) fn project_rows_backward<T: Real, I: Dim>(
     d_kernel: &mut [T],
     d_bias: &mut [T],
 ) {
+    // All T·B rows at once: the matrix-product path, which needs no ISA dispatch.
     let i = input.value();
-    product_rows_backward(
-        input,
-        x.len() / i,
-        x,
-        i,
-        kernel,
-        p,
-        0,
-        d_proj,
-        p,
-        p,
-        dx,
-        d_kernel,
+    let rows = x.len() / i;
+    step::product_rows_backward(
+        ScalarOps, input, rows, x, i, kernel, p, 0, d_proj, p, p, dx, d_kernel,
     );
     sum_rows_into(d_bias, d_proj, p);
 }

@@ -15,12 +15,27 @@ pub(crate) trait SimdF32: Copy + Send + Sync + 'static {
     type V: Copy;
     /// Lanes per register.
     const LANES: usize;
+    /// Runs `f` in a function compiled for this ISA, so that the intrinsics `f` reaches are
+    /// inlined into a small body rather than left as calls in a large one.
+    fn vectorize<R>(self, f: impl FnOnce() -> R) -> R;
     /// Every lane `v`.
     fn splat(self, v: f32) -> Self::V;
     /// Loads `LANES` floats from `s[0..LANES]`.
     fn load(self, s: &[f32]) -> Self::V;
     /// Stores `LANES` floats into `s[0..LANES]`.
     fn store(self, s: &mut [f32], v: Self::V);
+    /// Loads `LANES` floats from `p`.
+    ///
+    /// # Safety
+    /// `p..p + LANES` must be readable.
+    unsafe fn load_ptr(self, p: *const f32) -> Self::V;
+    /// Stores `LANES` floats to `p`.
+    ///
+    /// # Safety
+    /// `p..p + LANES` must be writable.
+    unsafe fn store_ptr(self, p: *mut f32, v: Self::V);
+    /// The sum of the lanes.
+    fn reduce_sum(self, v: Self::V) -> f32;
     /// `a + b`.
     fn add(self, a: Self::V, b: Self::V) -> Self::V;
     /// `a − b`.
@@ -50,13 +65,19 @@ pub(crate) trait SimdF32: Copy + Send + Sync + 'static {
     fn keep_nan(self, x: Self::V, r: Self::V) -> Self::V;
 }
 
-/// The portable "ISA": one lane, plain Rust arithmetic.
+/// The portable "ISA": one lane, plain Rust arithmetic (the reference instance of the
+/// vector maths in tests; the portable kernels themselves use `ops::ScalarOps`).
 #[derive(Debug, Clone, Copy)]
+#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) struct Scalar;
 
 impl SimdF32 for Scalar {
     type V = f32;
     const LANES: usize = 1;
+    #[inline(always)]
+    fn vectorize<R>(self, f: impl FnOnce() -> R) -> R {
+        f()
+    }
     #[inline(always)]
     fn splat(self, v: f32) -> f32 {
         v
@@ -68,6 +89,20 @@ impl SimdF32 for Scalar {
     #[inline(always)]
     fn store(self, s: &mut [f32], v: f32) {
         s[0] = v;
+    }
+    #[inline(always)]
+    unsafe fn load_ptr(self, p: *const f32) -> f32 {
+        // SAFETY: the caller guarantees `p` is readable.
+        unsafe { *p }
+    }
+    #[inline(always)]
+    unsafe fn store_ptr(self, p: *mut f32, v: f32) {
+        // SAFETY: the caller guarantees `p` is writable.
+        unsafe { *p = v }
+    }
+    #[inline(always)]
+    fn reduce_sum(self, v: f32) -> f32 {
+        v
     }
     #[inline(always)]
     fn add(self, a: f32, b: f32) -> f32 {
@@ -161,6 +196,16 @@ impl SimdF32 for Avx2 {
     type V = __m256;
     const LANES: usize = 8;
     #[inline(always)]
+    fn vectorize<R>(self, f: impl FnOnce() -> R) -> R {
+        #[target_feature(enable = "avx2,fma")]
+        #[inline]
+        unsafe fn run<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        // SAFETY: see the impl.
+        unsafe { run(f) }
+    }
+    #[inline(always)]
     fn splat(self, v: f32) -> __m256 {
         // SAFETY: see the impl.
         unsafe { _mm256_set1_ps(v) }
@@ -176,6 +221,25 @@ impl SimdF32 for Avx2 {
         assert!(s.len() >= 8);
         // SAFETY: see the impl; 8 writable floats.
         unsafe { _mm256_storeu_ps(s.as_mut_ptr(), v) }
+    }
+    #[inline(always)]
+    unsafe fn load_ptr(self, p: *const f32) -> __m256 {
+        // SAFETY: see the impl; the caller guarantees 8 readable floats.
+        unsafe { _mm256_loadu_ps(p) }
+    }
+    #[inline(always)]
+    unsafe fn store_ptr(self, p: *mut f32, v: __m256) {
+        // SAFETY: see the impl; the caller guarantees 8 writable floats.
+        unsafe { _mm256_storeu_ps(p, v) }
+    }
+    #[inline(always)]
+    fn reduce_sum(self, v: __m256) -> f32 {
+        // SAFETY: see the impl.
+        unsafe {
+            let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+        }
     }
     #[inline(always)]
     fn add(self, a: __m256, b: __m256) -> __m256 {
@@ -258,6 +322,16 @@ impl SimdF32 for Avx512 {
     type V = __m512;
     const LANES: usize = 16;
     #[inline(always)]
+    fn vectorize<R>(self, f: impl FnOnce() -> R) -> R {
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        #[inline]
+        unsafe fn run<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        // SAFETY: see the impl.
+        unsafe { run(f) }
+    }
+    #[inline(always)]
     fn splat(self, v: f32) -> __m512 {
         // SAFETY: see the impl.
         unsafe { _mm512_set1_ps(v) }
@@ -273,6 +347,21 @@ impl SimdF32 for Avx512 {
         assert!(s.len() >= 16);
         // SAFETY: see the impl; 16 writable floats.
         unsafe { _mm512_storeu_ps(s.as_mut_ptr(), v) }
+    }
+    #[inline(always)]
+    unsafe fn load_ptr(self, p: *const f32) -> __m512 {
+        // SAFETY: see the impl; the caller guarantees 16 readable floats.
+        unsafe { _mm512_loadu_ps(p) }
+    }
+    #[inline(always)]
+    unsafe fn store_ptr(self, p: *mut f32, v: __m512) {
+        // SAFETY: see the impl; the caller guarantees 16 writable floats.
+        unsafe { _mm512_storeu_ps(p, v) }
+    }
+    #[inline(always)]
+    fn reduce_sum(self, v: __m512) -> f32 {
+        // SAFETY: see the impl.
+        unsafe { _mm512_reduce_add_ps(v) }
     }
     #[inline(always)]
     fn add(self, a: __m512, b: __m512) -> __m512 {

@@ -220,10 +220,25 @@ impl Dims {
             .ok_or(crate::Error::Overflow { arg: "tape" })
     }
 
-    fn check_initial<T>(&self, initial: Option<&[T]>) -> Result<()> {
+    /// Checks the lengths of `x` and of the initial state, if any.
+    fn check_inputs<T>(&self, x: &[T], initial: Option<&[T]>) -> Result<()> {
+        check_len("x", x.len(), self.x_len)?;
         match initial {
             Some(s) => check_len("initial_state", s.len(), self.state_len),
             None => Ok(()),
         }
+    }
+
+    /// Checks that a record of `len` elements is large enough; returns the length used.
+    fn check_tape(&self, len: usize) -> Result<usize> {
+        let need = self.tape_len()?;
+        if len < need {
+            return Err(crate::Error::Length {
+                arg: "tape",
+                expected: need,
+                actual: len,
+            });
+        }
+        Ok(need)
     }
 }

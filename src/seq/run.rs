@@ -4,7 +4,7 @@ use std::borrow::Cow;
 
 use super::{Dims, GradMode, Gradients, Output, SeqSpec};
 use crate::cell::{Cell, StepBackward, StepForward};
-use crate::error::{Error, Result, check_len};
+use crate::error::{Result, check_len};
 use crate::real::Real;
 
 /// Length of the training record [`forward_train`] writes for `cell` over `spec`:
@@ -22,8 +22,7 @@ pub fn forward<T: Real, C: Cell<T> + ?Sized>(
     initial_state: Option<&[T]>,
 ) -> Result<Output<T>> {
     let d = Dims::new(cell, spec)?;
-    check_len("x", x.len(), d.x_len)?;
-    d.check_initial(initial_state)?;
+    d.check_inputs(x, initial_state)?;
     let mut states = vec![T::ZERO; 2 * d.state_len];
     run_forward(
         cell,
@@ -47,16 +46,8 @@ pub fn forward_train<T: Real, C: Cell<T> + ?Sized>(
     tape: &mut [T],
 ) -> Result<Output<T>> {
     let d = Dims::new(cell, spec)?;
-    check_len("x", x.len(), d.x_len)?;
-    d.check_initial(initial_state)?;
-    let need = d.tape_len()?;
-    if tape.len() < need {
-        return Err(Error::Length {
-            arg: "tape",
-            expected: need,
-            actual: tape.len(),
-        });
-    }
+    d.check_inputs(x, initial_state)?;
+    let need = d.check_tape(tape.len())?;
     let (states, cell_tape) = tape[..need].split_at_mut((d.t + 1) * d.state_len);
     run_forward(cell, spec, &d, x, initial_state, states, cell_tape, true)
 }
@@ -193,16 +184,8 @@ pub fn bptt_into<T: Real, C: Cell<T> + ?Sized>(
     mode: GradMode,
 ) -> Result<()> {
     let d = Dims::new(cell, spec)?;
-    check_len("x", x.len(), d.x_len)?;
-    d.check_initial(initial_state)?;
-    let need = d.tape_len()?;
-    if tape.len() < need {
-        return Err(Error::Length {
-            arg: "tape",
-            expected: need,
-            actual: tape.len(),
-        });
-    }
+    d.check_inputs(x, initial_state)?;
+    let need = d.check_tape(tape.len())?;
     check_len("dy", dy.len(), d.y_len)?;
     if let Some(g) = d_final_state {
         check_len("d_final_state", g.len(), d.state_len)?;

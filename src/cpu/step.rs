@@ -1,0 +1,475 @@
+//! The fused step kernels, written once over [`RowOps`] and instantiated per backend.
+//!
+//! A step is the recurrent product for every batch row (row by row for small batches, one
+//! matrix product otherwise) into a scratch row, then per row one pass that adds the
+//! precomputed input projection, applies the gate activations (vectorised by the backend) and
+//! updates the state. Loops run to [`Dim`] bounds so that compile-time shapes unroll.
+
+use super::gemm::{self, Mat, Op};
+use super::ops::RowOps;
+use super::{SMALL_ROWS, init_with_bias, sum_rows_into};
+use crate::cell::gru::{CANDIDATE, GruKind, RESET, UPDATE};
+use crate::cell::lstm::LstmKind;
+use crate::cell::simple_rnn::SimpleRnnKind;
+use crate::cell::{RecurrentWeights, StepBackward, StepForward};
+use crate::dim::Dim;
+use crate::real::Real;
+
+/// `out[r, :n] = bias + x[r, :K] · w[:, col0..col0 + n]` for every row `r < rows`.
+///
+/// `x` rows are `ldx` apart, `w` rows `ldw`, `out` rows `ldo`; `bias` has `n` values or is
+/// empty (none).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(crate) fn product_rows<T: Real, O: RowOps<T>, K: Dim>(
+    ops: O,
+    k: K,
+    rows: usize,
+    x: &[T],
+    ldx: usize,
+    w: &[T],
+    ldw: usize,
+    col0: usize,
+    n: usize,
+    bias: &[T],
+    out: &mut [T],
+    ldo: usize,
+) {
+    if rows <= SMALL_ROWS {
+        for r in 0..rows {
+            let o = &mut out[r * ldo..r * ldo + n];
+            init_with_bias(o, bias);
+            ops.gemv_acc(k, &x[r * ldx..], &w[col0..], ldw, o);
+        }
+        return;
+    }
+    let kv = k.value();
+    gemm::gemm(
+        Mat {
+            data: x,
+            rows,
+            cols: kv,
+            ld: ldx,
+        },
+        Op::N,
+        Mat {
+            data: &w[col0..],
+            rows: kv,
+            cols: n,
+            ld: ldw,
+        },
+        Op::N,
+        T::ZERO,
+        out,
+        rows,
+        n,
+        ldo,
+    );
+    if !bias.is_empty() {
+        for r in 0..rows {
+            for (o, &b) in out[r * ldo..r * ldo + n].iter_mut().zip(bias) {
+                *o += b;
+            }
+        }
+    }
+}
+
+/// Backward of [`product_rows`] with respect to `x` and `w` (accumulating):
+/// `dx[r, :K] += d[r, :n] · w[:, cols]ᵀ` and `dw[:, cols] += x[:rows, :K]ᵀ · d`.
+/// `dx` and `dw` may be empty to skip that gradient.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(crate) fn product_rows_backward<T: Real, O: RowOps<T>, K: Dim>(
+    ops: O,
+    k: K,
+    rows: usize,
+    x: &[T],
+    ldx: usize,
+    w: &[T],
+    ldw: usize,
+    col0: usize,
+    d: &[T],
+    ldd: usize,
+    n: usize,
+    dx: &mut [T],
+    dw: &mut [T],
+) {
+    let kv = k.value();
+    if rows <= SMALL_ROWS {
+        for r in 0..rows {
+            let dr = &d[r * ldd..r * ldd + n];
+            if !dx.is_empty() {
+                ops.gemv_t_acc(k, dr, &w[col0..], ldw, &mut dx[r * ldx..]);
+            }
+            if !dw.is_empty() {
+                ops.ger_acc(k, &x[r * ldx..], dr, &mut dw[col0..], ldw);
+            }
+        }
+        return;
+    }
+    let dm = Mat {
+        data: d,
+        rows,
+        cols: n,
+        ld: ldd,
+    };
+    if !dx.is_empty() {
+        let wm = Mat {
+            data: &w[col0..],
+            rows: kv,
+            cols: n,
+            ld: ldw,
+        };
+        gemm::gemm(dm, Op::N, wm, Op::T, T::ONE, dx, rows, kv, ldx);
+    }
+    if !dw.is_empty() {
+        let xm = Mat {
+            data: x,
+            rows,
+            cols: kv,
+            ld: ldx,
+        };
+        gemm::gemm(xm, Op::T, dm, Op::N, T::ONE, &mut dw[col0..], kv, n, ldw);
+    }
+}
+
+/// Recurrent product for every row: `out[b, :n] = h[b] · recurrent_kernel[:, col0..col0+n]
+/// + recurrent_bias[col0..col0+n]`, `h` rows `ldh` apart, `out` rows `ldo` apart.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn recurrent<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
+    ops: O,
+    w: &RecurrentWeights<T, I, H>,
+    batch: usize,
+    h: &[T],
+    ldh: usize,
+    col0: usize,
+    n: usize,
+    out: &mut [T],
+    ldo: usize,
+) {
+    let bias = if w.recurrent_bias.is_empty() {
+        &[][..]
+    } else {
+        &w.recurrent_bias[col0..col0 + n]
+    };
+    let gh = w.gates * w.hidden.value();
+    product_rows(
+        ops,
+        w.hidden,
+        batch,
+        h,
+        ldh,
+        &w.recurrent_kernel,
+        gh,
+        col0,
+        n,
+        bias,
+        out,
+        ldo,
+    );
+}
+
+/// Backward of [`recurrent`]: `dh[b] += d[b] · U[:, cols]ᵀ`, `dU[:, cols] += hᵀ · d`,
+/// `du[cols] += Σ_b d[b]` (bias gradient skipped when `d_rb` is empty).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn recurrent_backward<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
+    ops: O,
+    w: &RecurrentWeights<T, I, H>,
+    batch: usize,
+    h: &[T],
+    ldh: usize,
+    col0: usize,
+    n: usize,
+    d: &[T],
+    ldd: usize,
+    dh: &mut [T],
+    d_rk: &mut [T],
+    d_rb: &mut [T],
+) {
+    let gh = w.gates * w.hidden.value();
+    let rk = &w.recurrent_kernel;
+    product_rows_backward(
+        ops, w.hidden, batch, h, ldh, rk, gh, col0, d, ldd, n, dh, d_rk,
+    );
+    if !d_rb.is_empty() {
+        sum_rows_into(&mut d_rb[col0..col0 + n], &d[..(batch - 1) * ldd + n], ldd);
+    }
+}
+
+/// `a[j] += b[j]`.
+#[inline(always)]
+fn add_assign<T: Real>(a: &mut [T], b: &[T]) {
+    for (x, &y) in a.iter_mut().zip(b) {
+        *x += y;
+    }
+}
+
+#[inline(always)]
+pub(crate) fn simple_rnn_fwd<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
+    ops: O,
+    kind: &SimpleRnnKind,
+    w: &RecurrentWeights<T, I, H>,
+    s: StepForward<'_, T>,
+) {
+    let (h, b) = (w.hidden.value(), s.batch);
+    let next = &mut s.next[..b * h];
+    recurrent(ops, w, b, s.state, h, 0, h, next, h);
+    add_assign(next, &s.proj[..b * h]);
+    ops.activate(kind.activation, next);
+}
+
+#[inline(always)]
+pub(crate) fn simple_rnn_bwd<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
+    ops: O,
+    kind: &SimpleRnnKind,
+    w: &RecurrentWeights<T, I, H>,
+    s: StepBackward<'_, T>,
+    d_rk: &mut [T],
+    d_rb: &mut [T],
+) {
+    let (h, b) = (w.hidden.value(), s.batch);
+    for ((d, &dh), &y) in s.d_proj[..b * h].iter_mut().zip(s.d_next).zip(s.next) {
+        *d = dh * kind.activation.derivative_from_output(y);
+    }
+    s.d_state.fill(T::ZERO);
+    recurrent_backward(
+        ops, w, b, s.state, h, 0, h, s.d_proj, h, s.d_state, d_rk, d_rb,
+    );
+}
+
+#[inline(always)]
+pub(crate) fn lstm_fwd<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
+    ops: O,
+    kind: &LstmKind,
+    w: &RecurrentWeights<T, I, H>,
+    s: StepForward<'_, T>,
+) {
+    let h = w.hidden.value();
+    let gh = 4 * h;
+    let bh = s.batch * h;
+    let (ra, act) = (kind.recurrent_activation, kind.activation);
+    let (h_prev, c_prev) = s.state.split_at(bh);
+    let (h_next, c_next) = s.next.split_at_mut(bh);
+    recurrent(ops, w, s.batch, h_prev, h, 0, gh, s.scratch, gh);
+    let record = !s.tape.is_empty();
+    for b in 0..s.batch {
+        // Scratch row: pre-activations, then in place the gates i, f, c̃, o.
+        let g = &mut s.scratch[b * gh..(b + 1) * gh];
+        add_assign(g, &s.proj[b * gh..(b + 1) * gh]);
+        ops.activate(ra, &mut g[..2 * h]);
+        ops.activate(act, &mut g[2 * h..3 * h]);
+        ops.activate(ra, &mut g[3 * h..]);
+        let (ifg, o) = g.split_at(3 * h);
+        let rows = b * h..(b + 1) * h;
+        let (hn, cn, cp) = (
+            &mut h_next[rows.clone()],
+            &mut c_next[rows.clone()],
+            &c_prev[rows],
+        );
+        for j in 0..h {
+            cn[j] = ifg[h + j] * cp[j] + ifg[j] * ifg[2 * h + j];
+        }
+        // h holds act(c) until the output gate multiplies it.
+        hn.copy_from_slice(cn);
+        ops.activate(act, hn);
+        if record {
+            let t = &mut s.tape[b * 5 * h..(b + 1) * 5 * h];
+            t[..gh].copy_from_slice(g);
+            t[gh..].copy_from_slice(hn);
+        }
+        for (hv, &ov) in hn.iter_mut().zip(o) {
+            *hv *= ov;
+        }
+    }
+}
+
+#[inline(always)]
+pub(crate) fn lstm_bwd<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
+    ops: O,
+    kind: &LstmKind,
+    w: &RecurrentWeights<T, I, H>,
+    s: StepBackward<'_, T>,
+    d_rk: &mut [T],
+    d_rb: &mut [T],
+) {
+    let h = w.hidden.value();
+    let gh = 4 * h;
+    let bh = s.batch * h;
+    let (ra, a) = (kind.recurrent_activation, kind.activation);
+    let (h_prev, c_prev) = s.state.split_at(bh);
+    let (dh_next, dc_next) = s.d_next.split_at(bh);
+    let (dh_prev, dc_prev) = s.d_state.split_at_mut(bh);
+    for b in 0..s.batch {
+        let t = &s.tape[b * 5 * h..(b + 1) * 5 * h];
+        let da = &mut s.d_proj[b * gh..(b + 1) * gh];
+        for j in 0..h {
+            let (i, f, g, o, act_c) = (t[j], t[h + j], t[2 * h + j], t[3 * h + j], t[4 * h + j]);
+            let x = b * h + j;
+            let (dh, dc) = (dh_next[x], dc_next[x]);
+            let dc = dc + dh * o * a.derivative_from_output(act_c);
+            da[j] = dc * g * ra.derivative_from_output(i);
+            da[h + j] = dc * c_prev[x] * ra.derivative_from_output(f);
+            da[2 * h + j] = dc * i * a.derivative_from_output(g);
+            da[3 * h + j] = dh * act_c * ra.derivative_from_output(o);
+            dc_prev[x] = dc * f;
+        }
+    }
+    dh_prev.fill(T::ZERO);
+    recurrent_backward(
+        ops, w, s.batch, h_prev, h, 0, gh, s.d_proj, gh, dh_prev, d_rk, d_rb,
+    );
+}
+
+#[inline(always)]
+pub(crate) fn gru_fwd<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
+    ops: O,
+    kind: &GruKind,
+    w: &RecurrentWeights<T, I, H>,
+    s: StepForward<'_, T>,
+) {
+    let h = w.hidden.value();
+    let (gh, tw) = (3 * h, kind.tape_width_rows(h));
+    // Scratch: rows [B, 3H] of recurrent terms (z, r, candidate) — z and r replaced in place
+    // by the gates — then rows [B, H] holding r ⊙ h_prev and later the candidate.
+    let (rec, aux) = s.scratch.split_at_mut(s.batch * gh);
+    let rec_cols = if kind.reset_after { gh } else { 2 * h };
+    recurrent(ops, w, s.batch, s.state, h, 0, rec_cols, rec, gh);
+    for b in 0..s.batch {
+        let zr = &mut rec[b * gh..b * gh + 2 * h];
+        add_assign(zr, &s.proj[b * gh..b * gh + 2 * h]);
+        ops.activate(kind.recurrent_activation, zr);
+        for j in 0..h {
+            aux[b * h + j] = zr[RESET * h + j] * s.state[b * h + j];
+        }
+    }
+    if !kind.reset_after {
+        // The reset-before candidate needs r before its product: (r ⊙ h_prev) · U_h̃.
+        recurrent(ops, w, s.batch, aux, h, 2 * h, h, &mut rec[2 * h..], gh);
+    }
+    for b in 0..s.batch {
+        let (g, px) = (&rec[b * gh..(b + 1) * gh], &s.proj[b * gh..(b + 1) * gh]);
+        let cand = &mut aux[b * h..(b + 1) * h];
+        for j in 0..h {
+            let rec_n = g[CANDIDATE * h + j];
+            let gated = if kind.reset_after {
+                g[RESET * h + j] * rec_n
+            } else {
+                rec_n
+            };
+            cand[j] = px[CANDIDATE * h + j] + gated;
+        }
+        ops.activate(kind.activation, cand);
+        let (next, prev) = (
+            &mut s.next[b * h..(b + 1) * h],
+            &s.state[b * h..(b + 1) * h],
+        );
+        for j in 0..h {
+            let z = g[UPDATE * h + j];
+            next[j] = z * prev[j] + (T::ONE - z) * cand[j];
+        }
+        if s.tape.is_empty() {
+            continue;
+        }
+        let t = &mut s.tape[b * tw..(b + 1) * tw];
+        t[..2 * h].copy_from_slice(&g[..2 * h]);
+        t[2 * h..gh].copy_from_slice(cand);
+        if kind.reset_after {
+            t[gh..].copy_from_slice(&g[2 * h..]);
+        }
+    }
+}
+
+#[inline(always)]
+pub(crate) fn gru_bwd<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
+    ops: O,
+    kind: &GruKind,
+    w: &RecurrentWeights<T, I, H>,
+    s: StepBackward<'_, T>,
+    d_rk: &mut [T],
+    d_rb: &mut [T],
+) {
+    let h = w.hidden.value();
+    let (gh, tw) = (3 * h, kind.tape_width_rows(h));
+    let (ra, act) = (kind.recurrent_activation, kind.activation);
+    // Scratch: rows [B, 3H] of gradients of the recurrent terms, then rows [B, H] for r ⊙ h_prev
+    // and its gradient.
+    let (d_rec, rh) = s.scratch.split_at_mut(s.batch * gh);
+    let da = &mut *s.d_proj;
+    for b in 0..s.batch {
+        let t = &s.tape[b * tw..(b + 1) * tw];
+        for j in 0..h {
+            let (z, cand, i) = (t[UPDATE * h + j], t[CANDIDATE * h + j], b * h + j);
+            let dh = s.d_next[i];
+            da[b * gh + UPDATE * h + j] = dh * (s.state[i] - cand) * ra.derivative_from_output(z);
+            da[b * gh + CANDIDATE * h + j] = dh * (T::ONE - z) * act.derivative_from_output(cand);
+            s.d_state[i] = dh * z;
+        }
+    }
+    if kind.reset_after {
+        for b in 0..s.batch {
+            let t = &s.tape[b * tw..(b + 1) * tw];
+            for j in 0..h {
+                let (r, rec_n, dn) = (
+                    t[RESET * h + j],
+                    t[3 * h + j],
+                    da[b * gh + CANDIDATE * h + j],
+                );
+                da[b * gh + RESET * h + j] = dn * rec_n * ra.derivative_from_output(r);
+                d_rec[b * gh + CANDIDATE * h + j] = dn * r;
+            }
+        }
+    } else {
+        // d(r ⊙ h_prev) = dn · U_h̃ᵀ, then into r and h_prev.
+        let d_rh = &mut *rh;
+        d_rh.fill(T::ZERO);
+        let rk = &w.recurrent_kernel;
+        product_rows_backward(
+            ops,
+            w.hidden,
+            s.batch,
+            &[],
+            h,
+            rk,
+            gh,
+            2 * h,
+            &da[2 * h..],
+            gh,
+            h,
+            d_rh,
+            &mut [],
+        );
+        for b in 0..s.batch {
+            let t = &s.tape[b * tw..(b + 1) * tw];
+            for j in 0..h {
+                let (r, i) = (t[RESET * h + j], b * h + j);
+                da[b * gh + RESET * h + j] = d_rh[i] * s.state[i] * ra.derivative_from_output(r);
+                s.d_state[i] += d_rh[i] * r;
+                // From here on the block holds r ⊙ h_prev, the candidate kernel's input.
+                d_rh[i] = r * s.state[i];
+            }
+        }
+        recurrent_backward(
+            ops,
+            w,
+            s.batch,
+            d_rh,
+            h,
+            2 * h,
+            h,
+            &da[2 * h..],
+            gh,
+            &mut [],
+            d_rk,
+            d_rb,
+        );
+    }
+    for b in 0..s.batch {
+        d_rec[b * gh..b * gh + 2 * h].copy_from_slice(&da[b * gh..b * gh + 2 * h]);
+    }
+    let rec_cols = if kind.reset_after { gh } else { 2 * h };
+    recurrent_backward(
+        ops, w, s.batch, s.state, h, 0, rec_cols, d_rec, gh, s.d_state, d_rk, d_rb,
+    );
+}
