@@ -32,6 +32,10 @@ fn main() -> ExitCode {
     };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
+    // Which kernels are checked (FUSED_RNN_BACKEND selects another).
+    if writeln!(out, "backend: {}", fused_rnn::active_backend()).is_err() {
+        return ExitCode::from(2);
+    }
     let summary = match runner::run_dir(Path::new(dir), &mut out) {
         Ok(s) => s,
         Err(why) => {

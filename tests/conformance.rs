@@ -34,6 +34,12 @@ fn metadata(path: &Path) -> HashMap<String, String> {
 
 #[test]
 fn shipped_fixtures_conform() {
+    // Every backend this CPU has must pass every applicable case.
+    for backend in fused_rnn::Backend::available() {
+        println!("backend {backend}");
+        let (summary, text) = fused_rnn::with_backend(backend, || run(&fixtures_dir())).unwrap();
+        assert_eq!(summary.failed, 0, "backend {backend}, failed cases:\n{text}");
+    }
     let (summary, text) = run(&fixtures_dir());
     assert_eq!(summary.failed, 0, "failed cases:\n{text}");
     assert!(summary.passed > 0, "no case passed:\n{text}");
