@@ -7,12 +7,18 @@ use fused_rnn::{Backend, active_backend, set_backend, with_backend};
 #[test]
 fn expected_backends_are_available() {
     let available = Backend::available();
-    println!("available backends: {available:?}; active: {}", active_backend());
+    println!(
+        "available backends: {available:?}; active: {}",
+        active_backend()
+    );
     assert_eq!(available.first(), Some(&Backend::Scalar));
     if let Ok(list) = std::env::var("FUSED_RNN_EXPECT_BACKENDS") {
         for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
             let b = Backend::from_name(name).unwrap();
-            assert!(available.contains(&b), "{b} expected but not available: {available:?}");
+            assert!(
+                available.contains(&b),
+                "{b} expected but not available: {available:?}"
+            );
         }
     }
 }

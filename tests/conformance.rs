@@ -38,7 +38,10 @@ fn shipped_fixtures_conform() {
     for backend in fused_rnn::Backend::available() {
         println!("backend {backend}");
         let (summary, text) = fused_rnn::with_backend(backend, || run(&fixtures_dir())).unwrap();
-        assert_eq!(summary.failed, 0, "backend {backend}, failed cases:\n{text}");
+        assert_eq!(
+            summary.failed, 0,
+            "backend {backend}, failed cases:\n{text}"
+        );
     }
     let (summary, text) = run(&fixtures_dir());
     assert_eq!(summary.failed, 0, "failed cases:\n{text}");

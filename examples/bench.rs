@@ -1,0 +1,355 @@
+//! Benchmark CLI: times one shape, or the standard table, and prints one JSON object per
+//! measurement, plus a same-run single-thread sgemm measurement as the machine's ceiling.
+//!
+//! ```text
+//! cargo run --release --example bench -- --cell lstm --batch 1 --seq 100 --input 256 --hidden 256 \
+//!     --mode infer [--threads 1] [--backend auto|scalar|avx2|avx512] [--dtype f32] [--json]
+//! cargo run --release --example bench -- --preset standard [--mode infer|train|both] [--json]
+//! ```
+//!
+//! FLOPs per step are `2·B·(I+H)·G·H` (G = 1, 3, 4 for rnn, gru, lstm); training (forward with
+//! recording, then BPTT with every gradient) counts 3× the forward. Without `--json` a table
+//! is printed instead.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use fused_rnn::cell::Cell;
+use fused_rnn::prelude::*;
+use fused_rnn::{Backend, with_backend};
+
+/// The standard shapes `(name, T, B, I, H)`, batch-major input.
+const STANDARD: [(&str, usize, usize, usize, usize); 8] = [
+    ("S1", 100, 1, 64, 64),
+    ("S2", 100, 1, 256, 256),
+    ("S3", 100, 1, 512, 512),
+    ("S4", 50, 16, 128, 128),
+    ("S5", 50, 16, 512, 512),
+    ("S6", 256, 32, 256, 32),
+    ("S7", 28, 64, 28, 128),
+    ("S8", 25, 64, 1024, 1024),
+];
+
+#[derive(Debug, Clone)]
+struct Args {
+    cells: Vec<String>,
+    shapes: Vec<(String, usize, usize, usize, usize)>,
+    modes: Vec<String>,
+    threads: usize,
+    backend: Option<Backend>,
+    json: bool,
+    min_time: Duration,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut a = Args {
+        cells: vec!["lstm".into()],
+        shapes: Vec::new(),
+        modes: vec!["infer".into()],
+        threads: 1,
+        backend: None,
+        json: false,
+        min_time: Duration::from_millis(300),
+    };
+    let (mut t, mut b, mut i, mut h) = (None, None, None, None);
+    let mut cell_given = false;
+    let mut it = std::env::args().skip(1);
+    let num = |v: Option<String>, name: &str| -> Result<usize, String> {
+        let v = v.ok_or(format!("{name} needs a value"))?;
+        v.parse()
+            .map_err(|_| format!("{name}: `{v}` is not a positive integer"))
+    };
+    while let Some(flag) = it.next() {
+        match flag.as_str() {
+            "--cell" => {
+                let c = it.next().ok_or("--cell needs a value")?;
+                if !["lstm", "gru", "rnn"].contains(&c.as_str()) {
+                    return Err(format!("--cell: unknown `{c}`, expected lstm, gru or rnn"));
+                }
+                a.cells = vec![c];
+                cell_given = true;
+            }
+            "--batch" => b = Some(num(it.next(), "--batch")?),
+            "--seq" => t = Some(num(it.next(), "--seq")?),
+            "--input" => i = Some(num(it.next(), "--input")?),
+            "--hidden" => h = Some(num(it.next(), "--hidden")?),
+            "--mode" => {
+                a.modes = match it.next().as_deref() {
+                    Some("infer") => vec!["infer".into()],
+                    Some("train") => vec!["train".into()],
+                    Some("both") => vec!["infer".into(), "train".into()],
+                    other => {
+                        return Err(format!(
+                            "--mode: `{other:?}`, expected infer, train or both"
+                        ));
+                    }
+                }
+            }
+            "--threads" => a.threads = num(it.next(), "--threads")?,
+            "--backend" => {
+                let v = it.next().ok_or("--backend needs a value")?;
+                a.backend = if v == "auto" {
+                    None
+                } else {
+                    Some(Backend::from_name(&v).map_err(|e| e.to_string())?)
+                };
+            }
+            "--dtype" => {
+                let v = it.next().ok_or("--dtype needs a value")?;
+                if v != "f32" {
+                    return Err(format!(
+                        "--dtype {v}: only f32 kernels exist so far (bf16 weights are not implemented)"
+                    ));
+                }
+            }
+            "--preset" => {
+                let v = it.next().ok_or("--preset needs a value")?;
+                if v != "standard" {
+                    return Err(format!("--preset: unknown `{v}`, expected standard"));
+                }
+                a.shapes = STANDARD
+                    .iter()
+                    .map(|&(n, t, b, i, h)| (n.to_string(), t, b, i, h))
+                    .collect();
+                if !cell_given {
+                    a.cells = vec!["lstm".into(), "gru".into(), "rnn".into()];
+                }
+            }
+            "--min-time-ms" => {
+                a.min_time = Duration::from_millis(num(it.next(), "--min-time-ms")? as u64)
+            }
+            "--json" => a.json = true,
+            "-h" | "--help" => return Err(String::new()),
+            other => return Err(format!("unknown argument `{other}`")),
+        }
+    }
+    if a.threads != 1 {
+        return Err(format!(
+            "--threads {}: only single-threaded kernels exist so far",
+            a.threads
+        ));
+    }
+    if a.shapes.is_empty() {
+        match (t, b, i, h) {
+            (Some(t), Some(b), Some(i), Some(h)) if t * b * i * h > 0 => {
+                a.shapes.push(("custom".into(), t, b, i, h))
+            }
+            _ => {
+                return Err(
+                    "give --seq, --batch, --input and --hidden (all ≥ 1), or --preset standard"
+                        .into(),
+                );
+            }
+        }
+    }
+    Ok(a)
+}
+
+/// Median, min and max of repeated runs of `f` (at least 5 runs and `min_time` in all).
+fn measure(min_time: Duration, mut f: impl FnMut()) -> (f64, f64, f64) {
+    f(); // warm-up: caches, page faults, lazy detection
+    let mut times = Vec::new();
+    let start = Instant::now();
+    while times.len() < 5 || start.elapsed() < min_time {
+        let s = Instant::now();
+        f();
+        times.push(s.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    (times[times.len() / 2], times[0], times[times.len() - 1])
+}
+
+struct Row<'a> {
+    cell: &'a str,
+    mode: &'a str,
+    shape: &'a str,
+    t: usize,
+    b: usize,
+    i: usize,
+    h: usize,
+    backend: Backend,
+    times: (f64, f64, f64),
+    flops: f64,
+}
+
+fn print_row(r: &Row<'_>, threads: usize, json: bool) {
+    let (median, min, max) = r.times;
+    let gflops = r.flops / median * 1e-9;
+    if json {
+        println!(
+            "{{\"cell\":\"{}\",\"mode\":\"{}\",\"shape\":\"{}\",\"batch\":{},\"seq\":{},\"input\":{},\"hidden\":{},\"threads\":{threads},\"backend\":\"{}\",\"dtype\":\"f32\",\"median_s\":{median:.9},\"min_s\":{min:.9},\"max_s\":{max:.9},\"gflops\":{gflops:.3}}}",
+            r.cell, r.mode, r.shape, r.b, r.t, r.i, r.h, r.backend
+        );
+    } else {
+        println!(
+            "{:<6} {:<5} {:<6} T={:<4} B={:<3} I={:<5} H={:<5} {:<7} median {:>10.3} ms  min {:>10.3} ms  {:>7.1} GFLOP/s",
+            r.cell,
+            r.mode,
+            r.shape,
+            r.t,
+            r.b,
+            r.i,
+            r.h,
+            r.backend,
+            median * 1e3,
+            min * 1e3,
+            gflops
+        );
+    }
+}
+
+fn bench_cell<C: Cell<f32>>(
+    cell: &C,
+    gates: usize,
+    name: &str,
+    shape: &(String, usize, usize, usize, usize),
+    a: &Args,
+) {
+    let (ref label, t, b, i, h) = *shape;
+    let spec = SeqSpec::new(t, b).layout(Layout::BatchMajor);
+    let x: Vec<f32> = (0..t * b * i)
+        .map(|k| ((k % 101) as f32 - 50.0) / 60.0)
+        .collect();
+    let fwd_flops = 2.0 * (b * (i + h) * gates * h * t) as f64;
+    let backend = fused_rnn::active_backend();
+    for mode in &a.modes {
+        let times = if mode == "infer" {
+            measure(a.min_time, || {
+                std::hint::black_box(seq::forward(cell, &spec, &x, None).unwrap());
+            })
+        } else {
+            let mut tape = vec![0.0; seq::tape_len(cell, &spec).unwrap()];
+            let dy = vec![1e-2f32; t * b * h];
+            measure(a.min_time, || {
+                seq::forward_train(cell, &spec, &x, None, &mut tape).unwrap();
+                std::hint::black_box(seq::bptt(cell, &spec, &x, None, &tape, &dy, None).unwrap());
+            })
+        };
+        let flops = if mode == "infer" {
+            fwd_flops
+        } else {
+            3.0 * fwd_flops
+        };
+        let row = Row {
+            cell: name,
+            mode,
+            shape: label,
+            t,
+            b,
+            i,
+            h,
+            backend,
+            times,
+            flops,
+        };
+        print_row(&row, a.threads, a.json);
+    }
+}
+
+/// Single-thread sgemm 1024³ through matrixmultiply: the machine's ceiling in this run.
+fn sgemm_ceiling(a: &Args) {
+    let n = 1024;
+    let x = vec![0.5f32; n * n];
+    let y = vec![0.25f32; n * n];
+    let mut z = vec![0.0f32; n * n];
+    let times = measure(a.min_time, || {
+        // SAFETY: three dense n×n row-major matrices in their own vectors.
+        unsafe {
+            matrixmultiply::sgemm(
+                n,
+                n,
+                n,
+                1.0,
+                x.as_ptr(),
+                n as isize,
+                1,
+                y.as_ptr(),
+                n as isize,
+                1,
+                0.0,
+                z.as_mut_ptr(),
+                n as isize,
+                1,
+            );
+        }
+        std::hint::black_box(&z);
+    });
+    let row = Row {
+        cell: "sgemm",
+        mode: "ceiling",
+        shape: "1024^3",
+        t: 1,
+        b: n,
+        i: n,
+        h: n,
+        backend: fused_rnn::active_backend(),
+        times,
+        flops: 2.0 * (n * n * n) as f64,
+    };
+    print_row(&row, 1, a.json);
+}
+
+fn run(a: &Args) {
+    sgemm_ceiling(a);
+    // Shape by shape, every cell in turn, so that drift in the machine's speed spreads evenly.
+    for shape in &a.shapes {
+        let (_, _, _, i, h) = *shape;
+        for cell in &a.cells {
+            match cell.as_str() {
+                "lstm" => bench_cell(
+                    &DynLstm::<f32>::random(Dyn(i), Dyn(h), LstmKind::default(), true, 1).unwrap(),
+                    4,
+                    "lstm",
+                    shape,
+                    a,
+                ),
+                "gru" => bench_cell(
+                    &DynGru::<f32>::random(Dyn(i), Dyn(h), GruKind::default(), true, 1).unwrap(),
+                    3,
+                    "gru",
+                    shape,
+                    a,
+                ),
+                _ => bench_cell(
+                    &DynSimpleRnn::<f32>::random(Dyn(i), Dyn(h), SimpleRnnKind::default(), true, 1)
+                        .unwrap(),
+                    1,
+                    "rnn",
+                    shape,
+                    a,
+                ),
+            }
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let a = match parse() {
+        Ok(a) => a,
+        Err(why) => {
+            if !why.is_empty() {
+                eprintln!("bench: {why}");
+            }
+            eprintln!(
+                "usage: bench --cell lstm|gru|rnn --batch B --seq T --input I --hidden H --mode infer|train|both \
+                 [--threads 1] [--backend auto|scalar|avx2|avx512] [--dtype f32] [--json] [--min-time-ms MS]\n       \
+                 bench --preset standard [--cell C] [--mode M] [--json]"
+            );
+            return if why.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            };
+        }
+    };
+    match a.backend {
+        Some(b) => {
+            if let Err(e) = with_backend(b, || run(&a)) {
+                eprintln!("bench: {e}");
+                return ExitCode::from(2);
+            }
+        }
+        None => run(&a),
+    }
+    ExitCode::SUCCESS
+}
