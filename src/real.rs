@@ -71,17 +71,22 @@ pub trait Real:
 }
 
 mod private {
+    use crate::cell::RecurrentWeights;
     use crate::cpu::{self, Backend, Job};
     use crate::dim::Dim;
 
     /// Seals [`Real`](super::Real) and routes kernels to the element type's implementation.
     pub trait Sealed: Sized {
         fn run_job<I: Dim, H: Dim>(job: Job<'_, Self, I, H>, backend: Backend);
+        fn prepare_weights<I: Dim, H: Dim>(w: &RecurrentWeights<Self, I, H>);
     }
     impl Sealed for f32 {
         #[inline]
         fn run_job<I: Dim, H: Dim>(job: Job<'_, Self, I, H>, backend: Backend) {
             cpu::run_f32(job, backend)
+        }
+        fn prepare_weights<I: Dim, H: Dim>(w: &RecurrentWeights<Self, I, H>) {
+            w.packed();
         }
     }
     impl Sealed for f64 {
@@ -89,6 +94,7 @@ mod private {
         fn run_job<I: Dim, H: Dim>(job: Job<'_, Self, I, H>, backend: Backend) {
             cpu::run_f64(job, backend)
         }
+        fn prepare_weights<I: Dim, H: Dim>(_: &RecurrentWeights<Self, I, H>) {}
     }
 }
 

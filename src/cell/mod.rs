@@ -120,6 +120,10 @@ pub trait Cell<T: Real> {
     fn scratch_width(&self) -> usize {
         0
     }
+    /// Called once before a run (and by [`crate::seq::Stream::new`]), outside the steps: a
+    /// cell prepares whatever its steps reuse (built-in `f32` cells pack their recurrent
+    /// weights here, so that no step allocates).
+    fn prepare(&self) {}
     /// Width `P` of the per-row input projection; 0 when the cell reads `x` directly.
     fn projection_width(&self) -> usize {
         0

@@ -2,9 +2,11 @@
 //! that runs all of them.
 
 use std::fmt::Debug;
+use std::sync::OnceLock;
 
 use super::{Cell, Param, StepBackward, StepForward};
 use crate::cpu;
+use crate::cpu::packed::PackedRecurrent;
 use crate::dim::Dim;
 use crate::error::{Error, Result, check_len, check_nonzero, checked_size};
 use crate::real::Real;
@@ -20,7 +22,7 @@ pub const RECURRENT_BIAS: usize = 3;
 
 /// The weights of a built-in cell with `G` gates, in the internal layout (see the
 /// [module docs](super)).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct RecurrentWeights<T, I: Dim, H: Dim> {
     pub(crate) input: I,
     pub(crate) hidden: H,
@@ -32,6 +34,20 @@ pub struct RecurrentWeights<T, I: Dim, H: Dim> {
     /// `[G·H]` each, or both empty when the cell has no bias.
     pub(crate) bias: Vec<T>,
     pub(crate) recurrent_bias: Vec<T>,
+    /// The recurrent weights in the register-fused kernels' tile layout (`f32` only), built on
+    /// first use and dropped whenever the weights are handed out mutably.
+    pub(crate) packed: OnceLock<PackedRecurrent>,
+}
+
+impl<T: PartialEq, I: Dim, H: Dim> PartialEq for RecurrentWeights<T, I, H> {
+    /// Equal weights; the packing cache does not take part.
+    fn eq(&self, o: &Self) -> bool {
+        (self.input, self.hidden, self.gates) == (o.input, o.hidden, o.gates)
+            && self.kernel == o.kernel
+            && self.recurrent_kernel == o.recurrent_kernel
+            && self.bias == o.bias
+            && self.recurrent_bias == o.recurrent_bias
+    }
 }
 
 impl<T: Real, I: Dim, H: Dim> RecurrentWeights<T, I, H> {
@@ -72,6 +88,7 @@ impl<T: Real, I: Dim, H: Dim> RecurrentWeights<T, I, H> {
             recurrent_kernel,
             bias,
             recurrent_bias,
+            packed: OnceLock::new(),
         })
     }
 
@@ -125,6 +142,18 @@ impl<T: Real, I: Dim, H: Dim> RecurrentWeights<T, I, H> {
     pub fn kernel(&self) -> &[T] {
         &self.kernel
     }
+    /// The recurrent weights packed for the register-fused `f32` kernels (built on first use,
+    /// then reused by every step until the weights change).
+    pub fn packed(&self) -> &PackedRecurrent
+    where
+        T: Real,
+    {
+        self.packed.get_or_init(|| {
+            let f = |v: &[T]| v.iter().map(|x| x.to_f64() as f32).collect::<Vec<f32>>();
+            PackedRecurrent::new(&f(&self.recurrent_kernel), &f(&self.recurrent_bias), self.hidden.value(), self.gates)
+        })
+    }
+
     /// `recurrent_kernel [H, G·H]`, row-major.
     pub fn recurrent_kernel(&self) -> &[T] {
         &self.recurrent_kernel
@@ -242,6 +271,10 @@ impl<T: Real, K: CellKind, I: Dim, H: Dim> Cell<T> for Recurrent<T, K, I, H> {
         K::GATES * self.hidden_size()
     }
 
+    fn prepare(&self) {
+        T::prepare_weights(&self.weights);
+    }
+
     fn project_inputs(&self, x: &[T], proj: &mut [T]) {
         let w = &self.weights;
         cpu::project_rows(
@@ -319,6 +352,8 @@ impl<T: Real, K: CellKind, I: Dim, H: Dim> Cell<T> for Recurrent<T, K, I, H> {
 
     fn params_mut(&mut self) -> Vec<&mut [T]> {
         let w = &mut self.weights;
+        // The caller may change the weights: the packed copy would go stale.
+        w.packed = OnceLock::new();
         let mut p: Vec<&mut [T]> = vec![&mut w.kernel, &mut w.recurrent_kernel];
         if !w.bias.is_empty() {
             p.push(&mut w.bias);

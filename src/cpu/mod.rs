@@ -20,6 +20,7 @@
 pub(crate) mod gemm;
 pub(crate) mod math;
 pub(crate) mod ops;
+pub mod packed;
 pub(crate) mod simd;
 pub(crate) mod step;
 
@@ -283,22 +284,61 @@ pub(crate) fn dispatch<T: Real, I: Dim, H: Dim>(job: Job<'_, T, I, H>) {
     T::run_job(job, active_backend());
 }
 
-/// Per element type: which operations each backend uses. `f32` has explicit SIMD.
+/// Per element type: which operations each backend uses. `f32` has explicit SIMD, and
+/// forward steps of small batches run the register-fused kernels over packed weights.
 pub(crate) fn run_f32<I: Dim, H: Dim>(job: Job<'_, f32, I, H>, backend: Backend) {
     match backend {
         #[cfg(target_arch = "x86_64")]
         Backend::Avx512 => {
             let t = simd::Avx512::try_new().expect("dispatch checked availability");
-            // SAFETY: the token proves AVX-512F, AVX2 and FMA are present.
-            unsafe { isa::run_avx512(t, job, ops::SimdOps(t)) }
+            if let Some(job) = run_packed(t, job) {
+                // SAFETY: the token proves AVX-512F, AVX2 and FMA are present.
+                unsafe { isa::run_avx512(t, job, ops::SimdOps(t)) }
+            }
         }
         #[cfg(target_arch = "x86_64")]
         Backend::Avx2 => {
             let t = simd::Avx2::try_new().expect("dispatch checked availability");
-            // SAFETY: the token proves AVX2 and FMA are present.
-            unsafe { isa::run_avx2(t, job, ops::SimdOps(t)) }
+            if let Some(job) = run_packed(t, job) {
+                // SAFETY: the token proves AVX2 and FMA are present.
+                unsafe { isa::run_avx2(t, job, ops::SimdOps(t)) }
+            }
         }
         _ => job.run(ScalarOps),
+    }
+}
+
+/// Runs `job` on the packed, register-fused kernels when they apply (a forward step of at most
+/// [`SMALL_ROWS`] rows, GRU reset-after only); otherwise hands it back.
+#[inline(always)]
+fn run_packed<'a, S: simd::SimdF32, I: Dim, H: Dim>(s: S, job: Job<'a, f32, I, H>) -> Option<Job<'a, f32, I, H>> {
+    use packed::PackedStep;
+    let all = |w: &RecurrentWeights<f32, I, H>| 0..w.packed().tiles();
+    match job {
+        Job::LstmFwd(k, w, st) if st.batch <= SMALL_ROWS => {
+            let bh = st.batch * w.hidden.value();
+            let (h_prev, c_prev) = st.state.split_at(bh);
+            let (h_next, c_next) = st.next.split_at_mut(bh);
+            let (proj, tape, batch, tiles) = (st.proj, st.tape, st.batch, all(w));
+            let step = PackedStep { batch, proj, h_prev, c_prev, h_next, c_next, tape, tiles };
+            s.vectorize(#[inline(always)] || packed::lstm_fwd(s, k, w.packed(), step));
+            None
+        }
+        Job::GruFwd(k, w, st) if st.batch <= SMALL_ROWS && k.reset_after => {
+            let (proj, tape, batch, tiles) = (st.proj, st.tape, st.batch, all(w));
+            let (h_prev, h_next) = (st.state, st.next);
+            let step = PackedStep { batch, proj, h_prev, c_prev: &[], h_next, c_next: &mut [], tape, tiles };
+            s.vectorize(#[inline(always)] || packed::gru_fwd(s, k, w.packed(), step));
+            None
+        }
+        Job::RnnFwd(k, w, st) if st.batch <= SMALL_ROWS => {
+            let (proj, tape, batch, tiles) = (st.proj, st.tape, st.batch, all(w));
+            let (h_prev, h_next) = (st.state, st.next);
+            let step = PackedStep { batch, proj, h_prev, c_prev: &[], h_next, c_next: &mut [], tape, tiles };
+            s.vectorize(#[inline(always)] || packed::simple_rnn_fwd(s, k, w.packed(), step));
+            None
+        }
+        other => Some(other),
     }
 }
 

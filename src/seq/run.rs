@@ -81,6 +81,7 @@ fn run_forward<T: Real, C: Cell<T> + ?Sized>(
     cell_tape: &mut [T],
     training: bool,
 ) -> Result<Output<T>> {
+    cell.prepare();
     let xs = processing_order(spec, d, x);
     let mut proj = vec![T::ZERO; d.t * d.b * d.p];
     if d.p > 0 {

@@ -23,8 +23,10 @@ impl<'c, T: Real, C: Cell<T> + ?Sized> Stream<'c, T, C> {
     /// A stream of `batch` sequences starting from the zero state.
     pub fn new(cell: &'c C, batch: usize) -> Result<Self> {
         check_nonzero("batch", batch)?;
-        // Backend detection reads the environment once (allocating); do it here, not in `step`.
+        // Backend detection reads the environment once and the cell may pack its weights (both
+        // allocate): do it here, not in `step`.
         crate::cpu::active_backend();
+        cell.prepare();
         check_nonzero("input_size", cell.input_size())?;
         check_nonzero("hidden_size", cell.hidden_size())?;
         let state_len = checked_size("state", &[cell.state_count(), batch, cell.hidden_size()])?;
