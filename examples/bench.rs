@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --example bench -- --cell lstm --batch 1 --seq 100 --input 256 --hidden 256 \
-//!     --mode infer [--threads 1] [--backend auto|scalar|avx2|avx512] [--dtype f32] [--json]
+//!     --mode infer [--threads 1] [--backend auto|scalar|avx2|avx512] [--dtype f32|bf16] [--json]
 //! cargo run --release --example bench -- --preset standard [--mode infer|train|both] [--json]
 //! ```
 //!
@@ -37,6 +37,7 @@ struct Args {
     modes: Vec<String>,
     threads: usize,
     backend: Option<Backend>,
+    bf16: bool,
     json: bool,
     min_time: Duration,
 }
@@ -48,6 +49,7 @@ fn parse() -> Result<Args, String> {
         modes: vec!["infer".into()],
         threads: 1,
         backend: None,
+        bf16: false,
         json: false,
         min_time: Duration::from_millis(300),
     };
@@ -95,12 +97,11 @@ fn parse() -> Result<Args, String> {
                 };
             }
             "--dtype" => {
-                let v = it.next().ok_or("--dtype needs a value")?;
-                if v != "f32" {
-                    return Err(format!(
-                        "--dtype {v}: only f32 kernels exist so far (bf16 weights are not implemented)"
-                    ));
-                }
+                a.bf16 = match it.next().as_deref() {
+                    Some("f32") => false,
+                    Some("bf16") => true,
+                    other => return Err(format!("--dtype: `{other:?}`, expected f32 or bf16")),
+                };
             }
             "--preset" => {
                 let v = it.next().ok_or("--preset needs a value")?;
@@ -128,6 +129,11 @@ fn parse() -> Result<Args, String> {
             "--threads {}: only single-threaded kernels exist so far",
             a.threads
         ));
+    }
+    if a.bf16 && a.modes.iter().any(|m| m != "infer") {
+        return Err(
+            "--dtype bf16 applies to inference only (training uses the f32 weights)".into(),
+        );
     }
     if a.shapes.is_empty() {
         match (t, b, i, h) {
@@ -168,6 +174,7 @@ struct Row<'a> {
     i: usize,
     h: usize,
     backend: Backend,
+    dtype: &'a str,
     times: (f64, f64, f64),
     flops: f64,
 }
@@ -177,12 +184,12 @@ fn print_row(r: &Row<'_>, threads: usize, json: bool) {
     let gflops = r.flops / median * 1e-9;
     if json {
         println!(
-            "{{\"cell\":\"{}\",\"mode\":\"{}\",\"shape\":\"{}\",\"batch\":{},\"seq\":{},\"input\":{},\"hidden\":{},\"threads\":{threads},\"backend\":\"{}\",\"dtype\":\"f32\",\"median_s\":{median:.9},\"min_s\":{min:.9},\"max_s\":{max:.9},\"gflops\":{gflops:.3}}}",
-            r.cell, r.mode, r.shape, r.b, r.t, r.i, r.h, r.backend
+            "{{\"cell\":\"{}\",\"mode\":\"{}\",\"shape\":\"{}\",\"batch\":{},\"seq\":{},\"input\":{},\"hidden\":{},\"threads\":{threads},\"backend\":\"{}\",\"dtype\":\"{}\",\"median_s\":{median:.9},\"min_s\":{min:.9},\"max_s\":{max:.9},\"gflops\":{gflops:.3}}}",
+            r.cell, r.mode, r.shape, r.b, r.t, r.i, r.h, r.backend, r.dtype
         );
     } else {
         println!(
-            "{:<6} {:<5} {:<6} T={:<4} B={:<3} I={:<5} H={:<5} {:<7} median {:>10.3} ms  min {:>10.3} ms  {:>7.1} GFLOP/s",
+            "{:<6} {:<5} {:<6} T={:<4} B={:<3} I={:<5} H={:<5} {:<7} {:<4} median {:>10.3} ms  min {:>10.3} ms  {:>7.1} GFLOP/s",
             r.cell,
             r.mode,
             r.shape,
@@ -191,6 +198,7 @@ fn print_row(r: &Row<'_>, threads: usize, json: bool) {
             r.i,
             r.h,
             r.backend,
+            r.dtype,
             median * 1e3,
             min * 1e3,
             gflops
@@ -239,6 +247,7 @@ fn bench_cell<C: Cell<f32>>(
             i,
             h,
             backend,
+            dtype: if a.bf16 { "bf16" } else { "f32" },
             times,
             flops,
         };
@@ -283,6 +292,7 @@ fn sgemm_ceiling(a: &Args) {
         i: n,
         h: n,
         backend: fused_rnn::active_backend(),
+        dtype: "f32",
         times,
         flops: 2.0 * (n * n * n) as f64,
     };
@@ -296,28 +306,25 @@ fn run(a: &Args) {
         let (_, _, _, i, h) = *shape;
         for cell in &a.cells {
             match cell.as_str() {
-                "lstm" => bench_cell(
-                    &DynLstm::<f32>::random(Dyn(i), Dyn(h), LstmKind::default(), true, 1).unwrap(),
-                    4,
-                    "lstm",
-                    shape,
-                    a,
-                ),
-                "gru" => bench_cell(
-                    &DynGru::<f32>::random(Dyn(i), Dyn(h), GruKind::default(), true, 1).unwrap(),
-                    3,
-                    "gru",
-                    shape,
-                    a,
-                ),
-                _ => bench_cell(
-                    &DynSimpleRnn::<f32>::random(Dyn(i), Dyn(h), SimpleRnnKind::default(), true, 1)
-                        .unwrap(),
-                    1,
-                    "rnn",
-                    shape,
-                    a,
-                ),
+                "lstm" => {
+                    let mut c =
+                        DynLstm::<f32>::random(Dyn(i), Dyn(h), LstmKind::default(), true, 1)
+                            .unwrap();
+                    c.set_bf16_inference(a.bf16);
+                    bench_cell(&c, 4, "lstm", shape, a)
+                }
+                "gru" => {
+                    let mut c =
+                        DynGru::<f32>::random(Dyn(i), Dyn(h), GruKind::default(), true, 1).unwrap();
+                    c.set_bf16_inference(a.bf16);
+                    bench_cell(&c, 3, "gru", shape, a)
+                }
+                _ => {
+                    let kind = SimpleRnnKind::default();
+                    let mut c = DynSimpleRnn::<f32>::random(Dyn(i), Dyn(h), kind, true, 1).unwrap();
+                    c.set_bf16_inference(a.bf16);
+                    bench_cell(&c, 1, "rnn", shape, a)
+                }
             }
         }
     }
@@ -332,7 +339,7 @@ fn main() -> ExitCode {
             }
             eprintln!(
                 "usage: bench --cell lstm|gru|rnn --batch B --seq T --input I --hidden H --mode infer|train|both \
-                 [--threads 1] [--backend auto|scalar|avx2|avx512] [--dtype f32] [--json] [--min-time-ms MS]\n       \
+                 [--threads 1] [--backend auto|scalar|avx2|avx512] [--dtype f32|bf16] [--json] [--min-time-ms MS]\n       \
                  bench --preset standard [--cell C] [--mode M] [--json]"
             );
             return if why.is_empty() {

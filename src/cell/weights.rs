@@ -37,6 +37,8 @@ pub struct RecurrentWeights<T, I: Dim, H: Dim> {
     /// The recurrent weights in the register-fused kernels' tile layout (`f32` only), built on
     /// first use and dropped whenever the weights are handed out mutably.
     pub(crate) packed: OnceLock<PackedRecurrent>,
+    /// Inference steps of small batches stream the recurrent weights as bfloat16.
+    pub(crate) bf16_inference: bool,
 }
 
 impl<T: PartialEq, I: Dim, H: Dim> PartialEq for RecurrentWeights<T, I, H> {
@@ -89,6 +91,7 @@ impl<T: Real, I: Dim, H: Dim> RecurrentWeights<T, I, H> {
             bias,
             recurrent_bias,
             packed: OnceLock::new(),
+            bf16_inference: false,
         })
     }
 
@@ -150,7 +153,12 @@ impl<T: Real, I: Dim, H: Dim> RecurrentWeights<T, I, H> {
     {
         self.packed.get_or_init(|| {
             let f = |v: &[T]| v.iter().map(|x| x.to_f64() as f32).collect::<Vec<f32>>();
-            PackedRecurrent::new(&f(&self.recurrent_kernel), &f(&self.recurrent_bias), self.hidden.value(), self.gates)
+            PackedRecurrent::new(
+                &f(&self.recurrent_kernel),
+                &f(&self.recurrent_bias),
+                self.hidden.value(),
+                self.gates,
+            )
         })
     }
 
@@ -239,6 +247,20 @@ impl<T: Real, K: CellKind, I: Dim, H: Dim> Recurrent<T, K, I, H> {
             });
         }
         Ok(Self { weights, kind })
+    }
+
+    /// Whether inference with `f32` on the AVX2 / AVX-512 backends streams the recurrent
+    /// weights as bfloat16 (rounded to nearest once, widened exactly in the kernel): half the
+    /// bytes per step for batches of up to 4 rows, at bfloat16's relative precision of 2⁻⁹ per
+    /// weight (see `docs/PERFORMANCE.md` for the measured output error). Training forward and
+    /// backward always use the `f32` weights. Off by default.
+    pub fn set_bf16_inference(&mut self, on: bool) {
+        self.weights.bf16_inference = on;
+    }
+
+    /// See [`Recurrent::set_bf16_inference`].
+    pub fn bf16_inference(&self) -> bool {
+        self.weights.bf16_inference
     }
 
     /// The cell's weights.

@@ -311,7 +311,10 @@ pub(crate) fn run_f32<I: Dim, H: Dim>(job: Job<'_, f32, I, H>, backend: Backend)
 /// Runs `job` on the packed, register-fused kernels when they apply (a forward step of at most
 /// [`SMALL_ROWS`] rows, GRU reset-after only); otherwise hands it back.
 #[inline(always)]
-fn run_packed<'a, S: simd::SimdF32, I: Dim, H: Dim>(s: S, job: Job<'a, f32, I, H>) -> Option<Job<'a, f32, I, H>> {
+fn run_packed<'a, S: simd::SimdF32, I: Dim, H: Dim>(
+    s: S,
+    job: Job<'a, f32, I, H>,
+) -> Option<Job<'a, f32, I, H>> {
     use packed::PackedStep;
     let all = |w: &RecurrentWeights<f32, I, H>| 0..w.packed().tiles();
     match job {
@@ -320,22 +323,82 @@ fn run_packed<'a, S: simd::SimdF32, I: Dim, H: Dim>(s: S, job: Job<'a, f32, I, H
             let (h_prev, c_prev) = st.state.split_at(bh);
             let (h_next, c_next) = st.next.split_at_mut(bh);
             let (proj, tape, batch, tiles) = (st.proj, st.tape, st.batch, all(w));
-            let step = PackedStep { batch, proj, h_prev, c_prev, h_next, c_next, tape, tiles };
-            s.vectorize(#[inline(always)] || packed::lstm_fwd(s, k, w.packed(), step));
+            let step = PackedStep {
+                batch,
+                proj,
+                h_prev,
+                c_prev,
+                h_next,
+                c_next,
+                tape,
+                tiles,
+            };
+            let p = w.packed();
+            if w.bf16_inference && step.tape.is_empty() {
+                s.vectorize(
+                    #[inline(always)]
+                    || packed::lstm_fwd(s, k, p, p.weights_bf16(), step),
+                );
+            } else {
+                s.vectorize(
+                    #[inline(always)]
+                    || packed::lstm_fwd(s, k, p, p.weights(), step),
+                );
+            }
             None
         }
         Job::GruFwd(k, w, st) if st.batch <= SMALL_ROWS && k.reset_after => {
             let (proj, tape, batch, tiles) = (st.proj, st.tape, st.batch, all(w));
             let (h_prev, h_next) = (st.state, st.next);
-            let step = PackedStep { batch, proj, h_prev, c_prev: &[], h_next, c_next: &mut [], tape, tiles };
-            s.vectorize(#[inline(always)] || packed::gru_fwd(s, k, w.packed(), step));
+            let step = PackedStep {
+                batch,
+                proj,
+                h_prev,
+                c_prev: &[],
+                h_next,
+                c_next: &mut [],
+                tape,
+                tiles,
+            };
+            let p = w.packed();
+            if w.bf16_inference && step.tape.is_empty() {
+                s.vectorize(
+                    #[inline(always)]
+                    || packed::gru_fwd(s, k, p, p.weights_bf16(), step),
+                );
+            } else {
+                s.vectorize(
+                    #[inline(always)]
+                    || packed::gru_fwd(s, k, p, p.weights(), step),
+                );
+            }
             None
         }
         Job::RnnFwd(k, w, st) if st.batch <= SMALL_ROWS => {
             let (proj, tape, batch, tiles) = (st.proj, st.tape, st.batch, all(w));
             let (h_prev, h_next) = (st.state, st.next);
-            let step = PackedStep { batch, proj, h_prev, c_prev: &[], h_next, c_next: &mut [], tape, tiles };
-            s.vectorize(#[inline(always)] || packed::simple_rnn_fwd(s, k, w.packed(), step));
+            let step = PackedStep {
+                batch,
+                proj,
+                h_prev,
+                c_prev: &[],
+                h_next,
+                c_next: &mut [],
+                tape,
+                tiles,
+            };
+            let p = w.packed();
+            if w.bf16_inference && step.tape.is_empty() {
+                s.vectorize(
+                    #[inline(always)]
+                    || packed::simple_rnn_fwd(s, k, p, p.weights_bf16(), step),
+                );
+            } else {
+                s.vectorize(
+                    #[inline(always)]
+                    || packed::simple_rnn_fwd(s, k, p, p.weights(), step),
+                );
+            }
             None
         }
         other => Some(other),

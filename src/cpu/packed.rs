@@ -9,6 +9,8 @@
 //! before they ever reach memory. Tiles are independent, so a tile range is also the unit of
 //! work when a step is split across threads.
 
+use std::sync::OnceLock;
+
 use super::math;
 use super::simd::SimdF32;
 use crate::activation::Activation;
@@ -20,19 +22,61 @@ use crate::cell::simple_rnn::SimpleRnnKind;
 pub const TILE_UNITS: usize = 16;
 
 /// Recurrent weights and bias in tile order (see the [module docs](self)).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct PackedRecurrent {
     hidden: usize,
-    gates: usize,
     /// `[tiles][H][G][16]`.
     weights: Vec<f32>,
+    /// The same weights rounded to bfloat16 (to nearest, ties to even), built on first use by
+    /// an inference step that asked for them.
+    weights_bf16: OnceLock<Vec<u16>>,
     /// `[tiles][G][16]`, zeros without a recurrent bias.
     bias: Vec<f32>,
 }
 
+/// An element of a packed panel: `f32`, or bfloat16 bits widened on load.
+pub(crate) trait PanelElem: Copy {
+    /// Loads `S::LANES` elements from `p` as `f32`.
+    ///
+    /// # Safety
+    /// `p..p + S::LANES` must be readable.
+    unsafe fn load<S: SimdF32>(s: S, p: *const Self) -> S::V;
+}
+
+impl PanelElem for f32 {
+    #[inline(always)]
+    unsafe fn load<S: SimdF32>(s: S, p: *const f32) -> S::V {
+        // SAFETY: forwarded contract.
+        unsafe { s.load_ptr(p) }
+    }
+}
+
+impl PanelElem for u16 {
+    #[inline(always)]
+    unsafe fn load<S: SimdF32>(s: S, p: *const u16) -> S::V {
+        // SAFETY: forwarded contract.
+        unsafe { s.load_bf16_ptr(p) }
+    }
+}
+
+/// `v` rounded to the nearest bfloat16 (ties to even); NaN stays NaN.
+pub(crate) fn to_bf16(v: f32) -> u16 {
+    let bits = v.to_bits();
+    if v.is_nan() {
+        return ((bits >> 16) | 0x40) as u16;
+    }
+    let round = 0x7FFF + ((bits >> 16) & 1);
+    (bits.wrapping_add(round) >> 16) as u16
+}
+
 impl PackedRecurrent {
     /// Packs `recurrent_kernel [H, G·H]` and `recurrent_bias [G·H]` (empty: none).
-    pub(crate) fn new(recurrent_kernel: &[f32], recurrent_bias: &[f32], hidden: usize, gates: usize) -> Self {
+    pub(crate) fn new(
+        recurrent_kernel: &[f32],
+        recurrent_bias: &[f32],
+        hidden: usize,
+        gates: usize,
+    ) -> Self {
         let tiles = hidden.div_ceil(TILE_UNITS);
         let gh = gates * hidden;
         let mut weights = vec![0.0; tiles * hidden * gates * TILE_UNITS];
@@ -51,7 +95,18 @@ impl PackedRecurrent {
                 }
             }
         }
-        Self { hidden, gates, weights, bias }
+        Self {
+            hidden,
+            weights,
+            weights_bf16: OnceLock::new(),
+            bias,
+        }
+    }
+
+    /// The weights as bfloat16, rounded on first use.
+    pub(crate) fn weights_bf16(&self) -> &[u16] {
+        self.weights_bf16
+            .get_or_init(|| self.weights.iter().map(|&v| to_bf16(v)).collect())
     }
 
     /// Number of tiles, `⌈H / 16⌉`.
@@ -59,9 +114,15 @@ impl PackedRecurrent {
         self.hidden.div_ceil(TILE_UNITS)
     }
 
-    /// Bytes the packed weights occupy (what one step streams per batch row).
+    /// Bytes the packed `f32` weights occupy (what one step streams per batch row; half of it
+    /// with bfloat16 weights).
     pub fn weight_bytes(&self) -> usize {
         self.weights.len() * size_of::<f32>()
+    }
+
+    /// The `f32` panels.
+    pub(crate) fn weights(&self) -> &[f32] {
+        &self.weights
     }
 }
 
@@ -127,7 +188,13 @@ pub(crate) struct PackedStep<'a> {
 /// Gate accumulators of one tile and row: `acc[g][v] = bias + h_prev · U` over the tile's
 /// units, `v` counting registers of the 16 units.
 #[inline(always)]
-fn accumulate<S: SimdF32, const G: usize>(s: S, p: &PackedRecurrent, tile: usize, h_prev: &[f32]) -> [[S::V; 16]; G] {
+fn accumulate<S: SimdF32, E: PanelElem, const G: usize>(
+    s: S,
+    p: &PackedRecurrent,
+    weights: &[E],
+    tile: usize,
+    h_prev: &[f32],
+) -> [[S::V; 16]; G] {
     let regs = TILE_UNITS / S::LANES;
     let h = p.hidden;
     let mut acc = [[s.splat(0.0); 16]; G];
@@ -137,14 +204,18 @@ fn accumulate<S: SimdF32, const G: usize>(s: S, p: &PackedRecurrent, tile: usize
             *a = s.load(&bias[g * TILE_UNITS + v * S::LANES..]);
         }
     }
-    let panel = &p.weights[tile * h * G * TILE_UNITS..(tile + 1) * h * G * TILE_UNITS];
+    let panel = &weights[tile * h * G * TILE_UNITS..(tile + 1) * h * G * TILE_UNITS];
     for (k, &hk) in h_prev[..h].iter().enumerate() {
         let hk = s.splat(hk);
         let row = &panel[k * G * TILE_UNITS..(k + 1) * G * TILE_UNITS];
         for (g, ag) in acc.iter_mut().enumerate() {
             for (v, a) in ag.iter_mut().enumerate().take(regs) {
                 // SAFETY: g·16 + v·LANES + LANES ≤ G·16 = row.len().
-                *a = s.fma(hk, unsafe { s.load_ptr(row.as_ptr().add(g * TILE_UNITS + v * S::LANES)) }, *a);
+                *a = s.fma(
+                    hk,
+                    unsafe { E::load(s, row.as_ptr().add(g * TILE_UNITS + v * S::LANES)) },
+                    *a,
+                );
             }
         }
     }
@@ -153,15 +224,24 @@ fn accumulate<S: SimdF32, const G: usize>(s: S, p: &PackedRecurrent, tile: usize
 
 /// LSTM forward over the step's tiles (see [`crate::cell::lstm`] for the maths and the record).
 #[inline(always)]
-pub(crate) fn lstm_fwd<S: SimdF32>(s: S, kind: &LstmKind, p: &PackedRecurrent, st: PackedStep<'_>) {
+pub(crate) fn lstm_fwd<S: SimdF32, E: PanelElem>(
+    s: S,
+    kind: &LstmKind,
+    p: &PackedRecurrent,
+    weights: &[E],
+    st: PackedStep<'_>,
+) {
     let (h, regs) = (p.hidden, TILE_UNITS / S::LANES);
     let (ra, act) = (kind.recurrent_activation, kind.activation);
     for b in 0..st.batch {
         let px = &st.proj[b * 4 * h..(b + 1) * 4 * h];
         let rows = b * h..(b + 1) * h;
         for tile in st.tiles.clone() {
-            let acc = accumulate::<S, 4>(s, p, tile, &st.h_prev[rows.clone()]);
-            let lanes = Lanes { u0: tile * TILE_UNITS, n: (h - tile * TILE_UNITS).min(TILE_UNITS) };
+            let acc = accumulate::<S, E, 4>(s, p, weights, tile, &st.h_prev[rows.clone()]);
+            let lanes = Lanes {
+                u0: tile * TILE_UNITS,
+                n: (h - tile * TILE_UNITS).min(TILE_UNITS),
+            };
             for v in 0..regs {
                 if v * S::LANES >= lanes.n {
                     break;
@@ -186,7 +266,13 @@ pub(crate) fn lstm_fwd<S: SimdF32>(s: S, kind: &LstmKind, p: &PackedRecurrent, s
 
 /// Reset-after GRU forward over the step's tiles.
 #[inline(always)]
-pub(crate) fn gru_fwd<S: SimdF32>(s: S, kind: &GruKind, p: &PackedRecurrent, st: PackedStep<'_>) {
+pub(crate) fn gru_fwd<S: SimdF32, E: PanelElem>(
+    s: S,
+    kind: &GruKind,
+    p: &PackedRecurrent,
+    weights: &[E],
+    st: PackedStep<'_>,
+) {
     debug_assert!(kind.reset_after);
     let (h, regs) = (p.hidden, TILE_UNITS / S::LANES);
     let (ra, act) = (kind.recurrent_activation, kind.activation);
@@ -194,8 +280,11 @@ pub(crate) fn gru_fwd<S: SimdF32>(s: S, kind: &GruKind, p: &PackedRecurrent, st:
         let px = &st.proj[b * 3 * h..(b + 1) * 3 * h];
         let rows = b * h..(b + 1) * h;
         for tile in st.tiles.clone() {
-            let acc = accumulate::<S, 3>(s, p, tile, &st.h_prev[rows.clone()]);
-            let lanes = Lanes { u0: tile * TILE_UNITS, n: (h - tile * TILE_UNITS).min(TILE_UNITS) };
+            let acc = accumulate::<S, E, 3>(s, p, weights, tile, &st.h_prev[rows.clone()]);
+            let lanes = Lanes {
+                u0: tile * TILE_UNITS,
+                n: (h - tile * TILE_UNITS).min(TILE_UNITS),
+            };
             for v in 0..regs {
                 if v * S::LANES >= lanes.n {
                     break;
@@ -205,7 +294,12 @@ pub(crate) fn gru_fwd<S: SimdF32>(s: S, kind: &GruKind, p: &PackedRecurrent, st:
                 let cand = activate(s, act, s.fma(r, acc[2][v], lanes.load(s, &px[2 * h..], v)));
                 let hp = lanes.load(s, &st.h_prev[rows.clone()], v);
                 // z·h_prev + (1 − z)·h̃ = h̃ + z·(h_prev − h̃)
-                lanes.store(s, &mut st.h_next[rows.clone()], v, s.fma(z, s.sub(hp, cand), cand));
+                lanes.store(
+                    s,
+                    &mut st.h_next[rows.clone()],
+                    v,
+                    s.fma(z, s.sub(hp, cand), cand),
+                );
                 if !st.tape.is_empty() {
                     let t = &mut st.tape[b * 4 * h..(b + 1) * 4 * h];
                     for (k, x) in [z, r, cand, acc[2][v]].into_iter().enumerate() {
@@ -219,20 +313,57 @@ pub(crate) fn gru_fwd<S: SimdF32>(s: S, kind: &GruKind, p: &PackedRecurrent, st:
 
 /// SimpleRNN forward over the step's tiles.
 #[inline(always)]
-pub(crate) fn simple_rnn_fwd<S: SimdF32>(s: S, kind: &SimpleRnnKind, p: &PackedRecurrent, st: PackedStep<'_>) {
+pub(crate) fn simple_rnn_fwd<S: SimdF32, E: PanelElem>(
+    s: S,
+    kind: &SimpleRnnKind,
+    p: &PackedRecurrent,
+    weights: &[E],
+    st: PackedStep<'_>,
+) {
     let (h, regs) = (p.hidden, TILE_UNITS / S::LANES);
     for b in 0..st.batch {
         let rows = b * h..(b + 1) * h;
         for tile in st.tiles.clone() {
-            let acc = accumulate::<S, 1>(s, p, tile, &st.h_prev[rows.clone()]);
-            let lanes = Lanes { u0: tile * TILE_UNITS, n: (h - tile * TILE_UNITS).min(TILE_UNITS) };
+            let acc = accumulate::<S, E, 1>(s, p, weights, tile, &st.h_prev[rows.clone()]);
+            let lanes = Lanes {
+                u0: tile * TILE_UNITS,
+                n: (h - tile * TILE_UNITS).min(TILE_UNITS),
+            };
             for v in 0..regs {
                 if v * S::LANES >= lanes.n {
                     break;
                 }
-                let y = activate(s, kind.activation, s.add(acc[0][v], lanes.load(s, &st.proj[rows.clone()], v)));
+                let y = activate(
+                    s,
+                    kind.activation,
+                    s.add(acc[0][v], lanes.load(s, &st.proj[rows.clone()], v)),
+                );
                 lanes.store(s, &mut st.h_next[rows.clone()], v, y);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::to_bf16;
+
+    #[test]
+    fn bf16_rounds_to_nearest_even() {
+        let widen = |b: u16| f32::from_bits((b as u32) << 16);
+        assert_eq!(widen(to_bf16(1.0)), 1.0);
+        // 1 + 2⁻⁸ lies halfway between 1 and 1 + 2⁻⁷: ties to the even mantissa, 1.
+        assert_eq!(widen(to_bf16(1.0 + 2f32.powi(-8))), 1.0);
+        assert_eq!(
+            widen(to_bf16(1.0 + 3.0 * 2f32.powi(-8))),
+            1.0 + 2.0 * 2f32.powi(-7)
+        );
+        assert_eq!(widen(to_bf16(-2.5)), -2.5);
+        assert_eq!(widen(to_bf16(f32::INFINITY)), f32::INFINITY);
+        assert!(widen(to_bf16(f32::NAN)).is_nan());
+        for v in [0.1f32, -3.7, 1e-20, 6.5e4, 1e30] {
+            let r = widen(to_bf16(v));
+            assert!(((r - v) / v).abs() <= 2f32.powi(-9), "{v} -> {r}");
         }
     }
 }

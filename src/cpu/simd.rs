@@ -34,6 +34,11 @@ pub(crate) trait SimdF32: Copy + Send + Sync + 'static {
     /// # Safety
     /// `p..p + LANES` must be writable.
     unsafe fn store_ptr(self, p: *mut f32, v: Self::V);
+    /// Loads `LANES` bfloat16 values from `p`, widened to `f32` (exact).
+    ///
+    /// # Safety
+    /// `p..p + LANES` must be readable.
+    unsafe fn load_bf16_ptr(self, p: *const u16) -> Self::V;
     /// The sum of the lanes.
     fn reduce_sum(self, v: Self::V) -> f32;
     /// `a + b`.
@@ -99,6 +104,11 @@ impl SimdF32 for Scalar {
     unsafe fn store_ptr(self, p: *mut f32, v: f32) {
         // SAFETY: the caller guarantees `p` is writable.
         unsafe { *p = v }
+    }
+    #[inline(always)]
+    unsafe fn load_bf16_ptr(self, p: *const u16) -> f32 {
+        // SAFETY: the caller guarantees `p` is readable.
+        f32::from_bits((unsafe { *p } as u32) << 16)
     }
     #[inline(always)]
     fn reduce_sum(self, v: f32) -> f32 {
@@ -233,6 +243,14 @@ impl SimdF32 for Avx2 {
         unsafe { _mm256_storeu_ps(p, v) }
     }
     #[inline(always)]
+    unsafe fn load_bf16_ptr(self, p: *const u16) -> __m256 {
+        // SAFETY: see the impl; the caller guarantees 8 readable values.
+        unsafe {
+            let h = _mm_loadu_si128(p.cast());
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+        }
+    }
+    #[inline(always)]
     fn reduce_sum(self, v: __m256) -> f32 {
         // SAFETY: see the impl.
         unsafe {
@@ -357,6 +375,14 @@ impl SimdF32 for Avx512 {
     unsafe fn store_ptr(self, p: *mut f32, v: __m512) {
         // SAFETY: see the impl; the caller guarantees 16 writable floats.
         unsafe { _mm512_storeu_ps(p, v) }
+    }
+    #[inline(always)]
+    unsafe fn load_bf16_ptr(self, p: *const u16) -> __m512 {
+        // SAFETY: see the impl; the caller guarantees 16 readable values.
+        unsafe {
+            let h = _mm256_loadu_si256(p.cast());
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+        }
     }
     #[inline(always)]
     fn reduce_sum(self, v: __m512) -> f32 {
