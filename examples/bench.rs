@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --example bench -- --cell lstm --batch 1 --seq 100 --input 256 --hidden 256 \
-//!     --mode infer [--threads 1] [--backend auto|scalar|avx2|avx512] [--dtype f32|bf16] [--json]
+//!     --mode infer [--threads N] [--backend auto|scalar|avx2|avx512] [--dtype f32|bf16] [--json]
 //! cargo run --release --example bench -- --preset standard [--mode infer|train|both] [--json]
 //! ```
 //!
@@ -124,12 +124,6 @@ fn parse() -> Result<Args, String> {
             other => return Err(format!("unknown argument `{other}`")),
         }
     }
-    if a.threads != 1 {
-        return Err(format!(
-            "--threads {}: only single-threaded kernels exist so far",
-            a.threads
-        ));
-    }
     if a.bf16 && a.modes.iter().any(|m| m != "infer") {
         return Err(
             "--dtype bf16 applies to inference only (training uses the f32 weights)".into(),
@@ -214,7 +208,7 @@ fn bench_cell<C: Cell<f32>>(
     a: &Args,
 ) {
     let (ref label, t, b, i, h) = *shape;
-    let spec = SeqSpec::new(t, b).layout(Layout::BatchMajor);
+    let spec = SeqSpec::new(t, b).layout(Layout::BatchMajor).threads(a.threads);
     let x: Vec<f32> = (0..t * b * i)
         .map(|k| ((k % 101) as f32 - 50.0) / 60.0)
         .collect();
@@ -339,7 +333,7 @@ fn main() -> ExitCode {
             }
             eprintln!(
                 "usage: bench --cell lstm|gru|rnn --batch B --seq T --input I --hidden H --mode infer|train|both \
-                 [--threads 1] [--backend auto|scalar|avx2|avx512] [--dtype f32|bf16] [--json] [--min-time-ms MS]\n       \
+                 [--threads N] [--backend auto|scalar|avx2|avx512] [--dtype f32|bf16] [--json] [--min-time-ms MS]\n       \
                  bench --preset standard [--cell C] [--mode M] [--json]"
             );
             return if why.is_empty() {

@@ -89,6 +89,10 @@ impl CellKind for GruKind {
     fn scratch_width(&self, h: usize) -> usize {
         4 * h
     }
+    fn packable(&self) -> bool {
+        // Reset-before needs every unit's r before any candidate product: not tile-local.
+        self.reset_after
+    }
     fn step_forward<T: Real, I: Dim, H: Dim>(
         &self,
         w: &RecurrentWeights<T, I, H>,

@@ -50,6 +50,26 @@ pub struct Param<'a, T> {
     pub data: &'a [T],
 }
 
+/// A share of a step's hidden units: the `index`-th of `count` parts (see
+/// [`Cell::max_parts`]). [`Part::WHOLE`] is the whole step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Part {
+    /// Which part, `< count`.
+    pub index: usize,
+    /// Into how many parts the step is split.
+    pub count: usize,
+}
+
+impl Part {
+    /// The whole step.
+    pub const WHOLE: Part = Part { index: 0, count: 1 };
+
+    /// This part's share of `n` items split evenly in order: `n·index/count .. n·(index+1)/count`.
+    pub fn range(self, n: usize) -> std::ops::Range<usize> {
+        n * self.index / self.count..n * (self.index + 1) / self.count
+    }
+}
+
 /// What one forward step reads and writes. All buffers are row-major over the batch.
 #[derive(Debug)]
 pub struct StepForward<'a, T> {
@@ -68,6 +88,9 @@ pub struct StepForward<'a, T> {
     /// The step's training record `[B, tape_width()]`, or empty when not training: the cell
     /// writes what its backward needs (besides `x`, `state` and `next`, which the engine keeps).
     pub tape: &'a mut [T],
+    /// The share of the hidden units to compute ([`Part::WHOLE`] unless the cell reports
+    /// [`Cell::max_parts`] above 1); the cell then writes only those units of `next` and `tape`.
+    pub part: Part,
 }
 
 /// What one backward step reads and writes. All buffers are row-major over the batch.
@@ -100,10 +123,12 @@ pub struct StepBackward<'a, T> {
 /// A recurrent cell the sequence engine can run forward and backward, the counterpart of a
 /// Keras `RNN(cell)` cell.
 ///
-/// Sizes are per batch row and must not change while the engine holds the cell. Parameter
+/// Cells are `Sync`: the engine may run parts of one step on several threads
+/// ([`Cell::max_parts`]). Sizes are per batch row and must not change while the engine holds
+/// the cell. Parameter
 /// gradients are always *accumulated* (`+=`) into `grads`, which has one buffer per entry of
 /// [`Cell::params`], same order and length.
-pub trait Cell<T: Real> {
+pub trait Cell<T: Real>: Sync {
     /// Input width `I`.
     fn input_size(&self) -> usize;
     /// Hidden width `H` of every state tensor and of the output.
@@ -124,6 +149,19 @@ pub trait Cell<T: Real> {
     /// cell prepares whatever its steps reuse (built-in `f32` cells pack their recurrent
     /// weights here, so that no step allocates).
     fn prepare(&self) {}
+    /// Into how many parts a forward step over `batch` rows can be split, to run on as many
+    /// threads (1: not at all, the default). A cell that reports more than 1 computes, for a
+    /// [`Part`], only the hidden units [`Cell::part_units`] names, in `next` (every state
+    /// tensor) and in `tape`, whose width must then be a multiple of `H` with unit `j`'s values
+    /// at `j + k·H`.
+    fn max_parts(&self, batch: usize) -> usize {
+        let _ = batch;
+        1
+    }
+    /// The hidden units a [`Part`] computes (all `0..H` for [`Part::WHOLE`]).
+    fn part_units(&self, part: Part) -> std::ops::Range<usize> {
+        part.range(self.hidden_size())
+    }
     /// Width `P` of the per-row input projection; 0 when the cell reads `x` directly.
     fn projection_width(&self) -> usize {
         0

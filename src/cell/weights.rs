@@ -4,9 +4,9 @@
 use std::fmt::Debug;
 use std::sync::OnceLock;
 
-use super::{Cell, Param, StepBackward, StepForward};
+use super::{Cell, Param, Part, StepBackward, StepForward};
 use crate::cpu;
-use crate::cpu::packed::PackedRecurrent;
+use crate::cpu::packed::{PackedRecurrent, TILE_UNITS};
 use crate::dim::Dim;
 use crate::error::{Error, Result, check_len, check_nonzero, checked_size};
 use crate::real::Real;
@@ -203,6 +203,11 @@ pub trait CellKind: Copy + Debug + Send + Sync + 'static + private::Sealed {
     const STATES: usize;
     /// Per-row record width for hidden width `h`.
     fn tape_width(&self, h: usize) -> usize;
+    /// Whether the forward step can run on the packed, register-fused kernels (tile by tile,
+    /// so it can also be split across threads).
+    fn packable(&self) -> bool {
+        true
+    }
     /// Per-row scratch width for hidden width `h`.
     fn scratch_width(&self, h: usize) -> usize {
         Self::GATES * h
@@ -295,6 +300,20 @@ impl<T: Real, K: CellKind, I: Dim, H: Dim> Cell<T> for Recurrent<T, K, I, H> {
 
     fn prepare(&self) {
         T::prepare_weights(&self.weights);
+    }
+
+    fn max_parts(&self, batch: usize) -> usize {
+        if self.kind.packable() {
+            T::packed_tiles(&self.weights, batch)
+        } else {
+            1
+        }
+    }
+
+    fn part_units(&self, part: Part) -> std::ops::Range<usize> {
+        let h = self.hidden_size();
+        let tiles = part.range(h.div_ceil(TILE_UNITS));
+        (tiles.start * TILE_UNITS).min(h)..(tiles.end * TILE_UNITS).min(h)
     }
 
     fn project_inputs(&self, x: &[T], proj: &mut [T]) {

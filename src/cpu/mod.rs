@@ -308,6 +308,16 @@ pub(crate) fn run_f32<I: Dim, H: Dim>(job: Job<'_, f32, I, H>, backend: Backend)
     }
 }
 
+/// Tiles an `f32` forward step of `batch` rows runs as on the packed kernels of the active
+/// backend, 1 when that backend does not use them.
+pub(crate) fn packed_tiles(hidden: usize, batch: usize) -> usize {
+    if active_backend() != Backend::Scalar && batch <= SMALL_ROWS {
+        hidden.div_ceil(packed::TILE_UNITS)
+    } else {
+        1
+    }
+}
+
 /// Runs `job` on the packed, register-fused kernels when they apply (a forward step of at most
 /// [`SMALL_ROWS`] rows, GRU reset-after only); otherwise hands it back.
 #[inline(always)]
@@ -316,13 +326,14 @@ fn run_packed<'a, S: simd::SimdF32, I: Dim, H: Dim>(
     job: Job<'a, f32, I, H>,
 ) -> Option<Job<'a, f32, I, H>> {
     use packed::PackedStep;
-    let all = |w: &RecurrentWeights<f32, I, H>| 0..w.packed().tiles();
+    let tiles =
+        |w: &RecurrentWeights<f32, I, H>, part: crate::cell::Part| part.range(w.packed().tiles());
     match job {
         Job::LstmFwd(k, w, st) if st.batch <= SMALL_ROWS => {
             let bh = st.batch * w.hidden.value();
             let (h_prev, c_prev) = st.state.split_at(bh);
             let (h_next, c_next) = st.next.split_at_mut(bh);
-            let (proj, tape, batch, tiles) = (st.proj, st.tape, st.batch, all(w));
+            let (proj, tape, batch, tiles) = (st.proj, st.tape, st.batch, tiles(w, st.part));
             let step = PackedStep {
                 batch,
                 proj,
@@ -348,7 +359,7 @@ fn run_packed<'a, S: simd::SimdF32, I: Dim, H: Dim>(
             None
         }
         Job::GruFwd(k, w, st) if st.batch <= SMALL_ROWS && k.reset_after => {
-            let (proj, tape, batch, tiles) = (st.proj, st.tape, st.batch, all(w));
+            let (proj, tape, batch, tiles) = (st.proj, st.tape, st.batch, tiles(w, st.part));
             let (h_prev, h_next) = (st.state, st.next);
             let step = PackedStep {
                 batch,
@@ -375,7 +386,7 @@ fn run_packed<'a, S: simd::SimdF32, I: Dim, H: Dim>(
             None
         }
         Job::RnnFwd(k, w, st) if st.batch <= SMALL_ROWS => {
-            let (proj, tape, batch, tiles) = (st.proj, st.tape, st.batch, all(w));
+            let (proj, tape, batch, tiles) = (st.proj, st.tape, st.batch, tiles(w, st.part));
             let (h_prev, h_next) = (st.state, st.next);
             let step = PackedStep {
                 batch,

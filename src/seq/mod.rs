@@ -34,6 +34,7 @@
 //! # Ok::<(), fused_rnn::Error>(())
 //! ```
 
+mod parallel;
 mod run;
 mod stream;
 
@@ -67,6 +68,12 @@ pub struct SeqSpec {
     pub go_backwards: bool,
     /// Return every step's output (`true`) or only the last one.
     pub return_sequences: bool,
+    /// Threads the forward loop may use (at least 1). Used when the cell can split its steps
+    /// ([`Cell::max_parts`]): built-in `f32` cells on the AVX2 / AVX-512 backends with batches
+    /// of up to 4 rows, where a step is a matrix-vector product bound by how fast one core
+    /// streams the recurrent weights; each thread then keeps its share of them in its own cache.
+    /// Other runs use one thread.
+    pub threads: usize,
 }
 
 impl SeqSpec {
@@ -78,7 +85,13 @@ impl SeqSpec {
             layout: Layout::TimeMajor,
             go_backwards: false,
             return_sequences: true,
+            threads: 1,
         }
+    }
+    /// The same spec with another thread count (see [`SeqSpec::threads`]).
+    pub fn threads(mut self, threads: usize) -> Self {
+        self.threads = threads;
+        self
     }
     /// The same spec with another layout.
     pub fn layout(mut self, layout: Layout) -> Self {
@@ -182,6 +195,7 @@ impl Dims {
         let (t, b) = (spec.time_steps, spec.batch);
         check_nonzero("time_steps", t)?;
         check_nonzero("batch", b)?;
+        check_nonzero("threads", spec.threads)?;
         let (i, h, s) = (cell.input_size(), cell.hidden_size(), cell.state_count());
         check_nonzero("input_size", i)?;
         check_nonzero("hidden_size", h)?;

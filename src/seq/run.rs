@@ -2,8 +2,8 @@
 
 use std::borrow::Cow;
 
-use super::{Dims, GradMode, Gradients, Output, SeqSpec};
-use crate::cell::{Cell, StepBackward, StepForward};
+use super::{Dims, GradMode, Gradients, Output, SeqSpec, parallel};
+use crate::cell::{Cell, Part, StepBackward, StepForward};
 use crate::error::{Result, check_len};
 use crate::real::Real;
 
@@ -85,7 +85,7 @@ fn run_forward<T: Real, C: Cell<T> + ?Sized>(
     let xs = processing_order(spec, d, x);
     let mut proj = vec![T::ZERO; d.t * d.b * d.p];
     if d.p > 0 {
-        cell.project_inputs(&xs, &mut proj);
+        parallel::project(cell, spec.threads, d, &xs, &mut proj);
     }
     let mut scratch = vec![T::ZERO; d.b * d.sw];
     let sl = d.state_len;
@@ -94,6 +94,21 @@ fn run_forward<T: Real, C: Cell<T> + ?Sized>(
         None => states[..sl].fill(T::ZERO),
     }
     let mut y = vec![T::ZERO; d.y_len];
+    if spec.threads > 1 && cell.max_parts(d.b) > 1 {
+        let initial = states[..sl].to_vec();
+        let input = parallel::Inputs {
+            xs: &xs,
+            proj: &proj,
+        };
+        let out = parallel::Outputs {
+            states,
+            cell_tape,
+            y: &mut y,
+            training,
+        };
+        let final_state = parallel::forward(cell, spec, d, spec.threads, input, &initial, out);
+        return Ok(Output { y, final_state });
+    }
     let bh = d.b * d.h;
     for t in 0..d.t {
         // Snapshot t is read, t + 1 written (training); inference alternates two slots.
@@ -121,6 +136,7 @@ fn run_forward<T: Real, C: Cell<T> + ?Sized>(
             next,
             scratch: &mut scratch,
             tape,
+            part: Part::WHOLE,
         });
         if spec.return_sequences {
             for b in 0..d.b {

@@ -1,6 +1,6 @@
 //! One step at a time, keeping the state between calls (real-time use).
 
-use crate::cell::{Cell, StepForward};
+use crate::cell::{Cell, Part, StepForward};
 use crate::error::{Result, check_len, check_nonzero, checked_size};
 use crate::real::Real;
 
@@ -54,6 +54,7 @@ impl<'c, T: Real, C: Cell<T> + ?Sized> Stream<'c, T, C> {
             next: &mut self.next,
             scratch: &mut self.scratch,
             tape: &mut [],
+            part: Part::WHOLE,
         });
         std::mem::swap(&mut self.state, &mut self.next);
         Ok(&self.state[..self.batch * self.cell.hidden_size()])
