@@ -1,12 +1,14 @@
 //! Criterion benchmarks: inference and training (forward + BPTT) of every built-in cell over
-//! the standard shape table, f32, one thread.
+//! the standard shape table, f32, one thread, on every backend this CPU has.
 //!
 //! Ids: `{backend}/{cell}/{pass}/B{b}-T{t}-I{i}-H{h}`; throughput in elements of `x`.
-//! `cargo bench --bench cells` (add `-- --quick` for a fast pass, or a filter such as `lstm/infer`).
+//! `cargo bench --bench cells` (add `-- --quick` for a fast pass, or a filter such as
+//! `avx512/lstm/infer`).
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use fused_rnn::cell::Cell;
 use fused_rnn::prelude::*;
+use fused_rnn::{Backend, with_backend};
 
 /// The standard shapes `(T, B, I, H)`, batch-major input.
 const SHAPES: [(usize, usize, usize, usize); 8] = [
@@ -20,8 +22,13 @@ const SHAPES: [(usize, usize, usize, usize); 8] = [
     (25, 64, 1024, 1024),
 ];
 
-fn bench_cell<C: Cell<f32>>(c: &mut Criterion, name: &str, make: impl Fn(usize, usize) -> C) {
-    let mut group = c.benchmark_group("scalar");
+fn bench_cell<C: Cell<f32>>(
+    c: &mut Criterion,
+    backend: Backend,
+    name: &str,
+    make: impl Fn(usize, usize) -> C,
+) {
+    let mut group = c.benchmark_group(backend.name());
     group.sample_size(10);
     for (t, b, i, h) in SHAPES {
         let cell = make(i, h);
@@ -47,15 +54,20 @@ fn bench_cell<C: Cell<f32>>(c: &mut Criterion, name: &str, make: impl Fn(usize, 
 }
 
 fn cells(c: &mut Criterion) {
-    bench_cell(c, "lstm", |i, h| {
-        DynLstm::random(Dyn(i), Dyn(h), LstmKind::default(), true, 1).unwrap()
-    });
-    bench_cell(c, "gru", |i, h| {
-        DynGru::random(Dyn(i), Dyn(h), GruKind::default(), true, 1).unwrap()
-    });
-    bench_cell(c, "rnn", |i, h| {
-        DynSimpleRnn::random(Dyn(i), Dyn(h), SimpleRnnKind::default(), true, 1).unwrap()
-    });
+    for backend in Backend::available() {
+        with_backend(backend, || {
+            bench_cell(c, backend, "lstm", |i, h| {
+                DynLstm::random(Dyn(i), Dyn(h), LstmKind::default(), true, 1).unwrap()
+            });
+            bench_cell(c, backend, "gru", |i, h| {
+                DynGru::random(Dyn(i), Dyn(h), GruKind::default(), true, 1).unwrap()
+            });
+            bench_cell(c, backend, "rnn", |i, h| {
+                DynSimpleRnn::random(Dyn(i), Dyn(h), SimpleRnnKind::default(), true, 1).unwrap()
+            });
+        })
+        .unwrap();
+    }
 }
 
 criterion_group!(benches, cells);

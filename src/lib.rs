@@ -23,6 +23,27 @@
 //!
 //! Internal tensors are Keras-shaped: `kernel [I, G·H]`, `recurrent_kernel [H, G·H]`, plus
 //! `bias [G·H]` and `recurrent_bias [G·H]` (see [`cell`] for how each enters the gates).
+//!
+//! ## CPU backends
+//!
+//! Kernels run on one of three [`Backend`]s: `scalar` (portable), `avx2` (AVX2 + FMA) and
+//! `avx512` (AVX-512F). The best one the CPU has is detected once at first use; set
+//! `FUSED_RNN_BACKEND=scalar|avx2|avx512` in the environment, call [`set_backend`] for the
+//! process or [`with_backend`] for one thread to force another. In `f32` the SIMD backends
+//! use explicit vector code: products with register tiles, vector activations, and for batches
+//! of up to 4 rows a register-fused step over recurrent weights packed once into 16-unit tiles
+//! (optionally in bfloat16, [`cell::Recurrent::set_bf16_inference`]), which
+//! [`seq::SeqSpec::threads`] can split across threads. `f64` runs the portable code compiled
+//! for the selected instruction set. The large products over all `T·B` rows go through
+//! `matrixmultiply`, which dispatches on the CPU itself.
+//!
+//! ## Accuracy
+//!
+//! The `f32` vector activations are within 1 ULP (`exp`), 2 ULP (`sigmoid`, `tanh`) of the
+//! correctly rounded result over the whole `f32` range, and flush results below `2⁻¹²⁶` to 0;
+//! the portable backend uses the standard library's functions. Property tests hold every
+//! backend to the f64 reference within `1e-4` relative (f32) and `1e-10` (f64), with BPTT
+//! tolerances growing with the sequence length; see `tests/prop_kernels.rs`.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
