@@ -208,7 +208,9 @@ fn bench_cell<C: Cell<f32>>(
     a: &Args,
 ) {
     let (ref label, t, b, i, h) = *shape;
-    let spec = SeqSpec::new(t, b).layout(Layout::BatchMajor).threads(a.threads);
+    let spec = SeqSpec::new(t, b)
+        .layout(Layout::BatchMajor)
+        .threads(a.threads);
     let x: Vec<f32> = (0..t * b * i)
         .map(|k| ((k % 101) as f32 - 50.0) / 60.0)
         .collect();

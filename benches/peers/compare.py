@@ -32,6 +32,7 @@ import platform
 import re
 import select
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -129,6 +130,11 @@ class OursSide:
         self.args = args
         if not os.path.exists(self.bin):
             raise Unavailable(f"{self.bin} not built (cargo build --release --example bench)")
+        # A private copy, so that a rebuild of target/ during the run cannot mix two versions.
+        os.makedirs(args.out_dir, exist_ok=True)
+        snap = os.path.join(args.out_dir, "bench-under-test")
+        shutil.copy2(self.bin, snap)
+        self.bin = snap
 
     def measure(self, cell, mode, shape, onnx):
         t, b, i, h = SHAPES[shape]

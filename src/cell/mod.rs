@@ -149,8 +149,9 @@ pub trait Cell<T: Real>: Sync {
     /// cell prepares whatever its steps reuse (built-in `f32` cells pack their recurrent
     /// weights here, so that no step allocates).
     fn prepare(&self) {}
-    /// Into how many parts a forward step over `batch` rows can be split, to run on as many
-    /// threads (1: not at all, the default). A cell that reports more than 1 computes, for a
+    /// Into how many parts a forward step over `batch` rows can usefully be split, to run on as
+    /// many threads (1: not at all, the default; built-in cells also answer 1 when a step is
+    /// too small for another thread to pay off). A cell that reports more than 1 computes, for a
     /// [`Part`], only the hidden units [`Cell::part_units`] names, in `next` (every state
     /// tensor) and in `tape`, whose width must then be a multiple of `H` with unit `j`'s values
     /// at `j + k·H`.

@@ -303,11 +303,17 @@ impl<T: Real, K: CellKind, I: Dim, H: Dim> Cell<T> for Recurrent<T, K, I, H> {
     }
 
     fn max_parts(&self, batch: usize) -> usize {
-        if self.kind.packable() {
-            T::packed_tiles(&self.weights, batch)
-        } else {
-            1
+        /// Multiply-adds per step below which another thread costs more (a barrier and the
+        /// exchange of the new state) than it saves.
+        const MIN_WORK_PER_PART: usize = 1 << 16;
+        if !self.kind.packable() {
+            return 1;
         }
+        let h = self.hidden_size();
+        let work = batch * h * K::GATES * h;
+        T::packed_tiles(&self.weights, batch)
+            .min(work / MIN_WORK_PER_PART)
+            .max(1)
     }
 
     fn part_units(&self, part: Part) -> std::ops::Range<usize> {

@@ -15,12 +15,21 @@ use crate::cell::{Cell, Part, StepForward};
 use crate::real::Real;
 
 /// The input projection of all `T·B` rows, split by rows across up to `threads` threads
-/// (each share one matrix product) when there are enough rows to be worth it.
-pub(super) fn project<T: Real, C: Cell<T> + ?Sized>(cell: &C, threads: usize, d: &Dims, xs: &[T], proj: &mut [T]) {
-    /// Rows below which one product is faster than splitting it.
-    const MIN_ROWS_PER_THREAD: usize = 16;
+/// (each share one matrix product) when there is enough work to pay for a thread.
+pub(super) fn project<T: Real, C: Cell<T> + ?Sized>(
+    cell: &C,
+    threads: usize,
+    d: &Dims,
+    xs: &[T],
+    proj: &mut [T],
+) {
+    /// Multiply-adds below which starting a thread costs more than it saves.
+    const MIN_WORK_PER_THREAD: usize = 1 << 20;
     let rows = d.t * d.b;
-    let p = threads.min(rows / MIN_ROWS_PER_THREAD).max(1);
+    let p = threads
+        .min(rows * d.i * d.p / MIN_WORK_PER_THREAD)
+        .min(rows)
+        .max(1);
     if p == 1 {
         cell.project_inputs(xs, proj);
         return;
@@ -194,7 +203,11 @@ impl SpinBarrier {
     const SPINS: u32 = 1 << 10;
 
     fn new(threads: usize) -> Self {
-        Self { arrived: AtomicUsize::new(0), generation: AtomicUsize::new(0), threads }
+        Self {
+            arrived: AtomicUsize::new(0),
+            generation: AtomicUsize::new(0),
+            threads,
+        }
     }
 
     /// Returns once all `threads` threads have called `wait` for this generation. Everything a

@@ -16,7 +16,7 @@ fn run(a: &common::Args) -> TractResult<(f64, f64, f64)> {
             tract_linalg::multithread::Executor::multithread(a.threads),
         );
     }
-    let path = a.onnx.as_ref().ok_or_else(|| anyhow::anyhow!("--onnx FILE is required"))?;
+    let path = a.onnx.as_ref().ok_or_else(|| tract_onnx::prelude::tract_data::internal::format_err!("--onnx FILE is required"))?;
     let model = tract_onnx::onnx()
         .model_for_path(path)?
         .with_input_fact(0, f32::fact([a.batch, a.seq, a.input]).into())?
