@@ -34,28 +34,73 @@ pub struct PackedRecurrent {
     bias: Vec<f32>,
 }
 
-/// An element of a packed panel: `f32`, or bfloat16 bits widened on load.
+/// An element type of packed panels, with the tile accumulation over its layout: `f32` panels
+/// `[tiles][H][G][16]`, or bfloat16 panels `[tiles][⌈H/2⌉][G][16][2]` that pair rows `2m` and
+/// `2m + 1` in one 32-bit lane, so one load and two bit operations widen two weights exactly.
 pub(crate) trait PanelElem: Copy {
-    /// Loads `S::LANES` elements from `p` as `f32`.
-    ///
-    /// # Safety
-    /// `p..p + S::LANES` must be readable.
-    unsafe fn load<S: SimdF32>(s: S, p: *const Self) -> S::V;
+    /// `acc[g][v] += Σ_k h_prev[k] · U[k, g·H + units of register v]` over the panel of one
+    /// tile, `panel` holding exactly that tile.
+    fn accumulate<S: SimdF32, const G: usize>(
+        s: S,
+        panel: &[Self],
+        h_prev: &[f32],
+        acc: &mut [[S::V; 16]; G],
+    );
 }
 
 impl PanelElem for f32 {
     #[inline(always)]
-    unsafe fn load<S: SimdF32>(s: S, p: *const f32) -> S::V {
-        // SAFETY: forwarded contract.
-        unsafe { s.load_ptr(p) }
+    fn accumulate<S: SimdF32, const G: usize>(
+        s: S,
+        panel: &[f32],
+        h_prev: &[f32],
+        acc: &mut [[S::V; 16]; G],
+    ) {
+        let regs = TILE_UNITS / S::LANES;
+        assert!(panel.len() >= h_prev.len() * G * TILE_UNITS);
+        for (k, &hk) in h_prev.iter().enumerate() {
+            let hk = s.splat(hk);
+            let row = panel[k * G * TILE_UNITS..].as_ptr();
+            for (g, ag) in acc.iter_mut().enumerate() {
+                for (v, a) in ag.iter_mut().enumerate().take(regs) {
+                    // SAFETY: (k·G + g)·16 + v·LANES + LANES ≤ H·G·16 ≤ panel.len().
+                    *a = s.fma(
+                        hk,
+                        unsafe { s.load_ptr(row.add(g * TILE_UNITS + v * S::LANES)) },
+                        *a,
+                    );
+                }
+            }
+        }
     }
 }
 
 impl PanelElem for u16 {
     #[inline(always)]
-    unsafe fn load<S: SimdF32>(s: S, p: *const u16) -> S::V {
-        // SAFETY: forwarded contract.
-        unsafe { s.load_bf16_ptr(p) }
+    fn accumulate<S: SimdF32, const G: usize>(
+        s: S,
+        panel: &[u16],
+        h_prev: &[f32],
+        acc: &mut [[S::V; 16]; G],
+    ) {
+        let regs = TILE_UNITS / S::LANES;
+        let pairs = h_prev.len().div_ceil(2);
+        assert!(panel.len() >= pairs * G * TILE_UNITS * 2);
+        for m in 0..pairs {
+            let h0 = s.splat(h_prev[2 * m]);
+            // An odd H pads the last pair with zero weights; its row contributes 0·0.
+            let h1 = s.splat(h_prev.get(2 * m + 1).copied().unwrap_or(0.0));
+            let row = panel[m * G * TILE_UNITS * 2..].as_ptr();
+            for (g, ag) in acc.iter_mut().enumerate() {
+                for (v, a) in ag.iter_mut().enumerate().take(regs) {
+                    // SAFETY: (m·G + g)·32 + 2·(v·LANES + LANES) ≤ pairs·G·32 ≤ panel.len().
+                    let (w0, w1) = unsafe {
+                        s.load_bf16_pairs_ptr(row.add(2 * (g * TILE_UNITS + v * S::LANES)))
+                    };
+                    *a = s.fma(h1, w1, s.fma(h0, w0, *a));
+                }
+            }
+        }
     }
 }
 
@@ -103,10 +148,26 @@ impl PackedRecurrent {
         }
     }
 
-    /// The weights as bfloat16, rounded on first use.
+    /// The weights as bfloat16 in row-pair layout (see [`PanelElem`]), rounded on first use.
     pub(crate) fn weights_bf16(&self) -> &[u16] {
-        self.weights_bf16
-            .get_or_init(|| self.weights.iter().map(|&v| to_bf16(v)).collect())
+        self.weights_bf16.get_or_init(|| {
+            let (h, tiles) = (self.hidden, self.tiles());
+            let g = self.bias.len() / tiles / TILE_UNITS;
+            let pairs = h.div_ceil(2);
+            let mut out = vec![0u16; tiles * pairs * g * TILE_UNITS * 2];
+            for tile in 0..tiles {
+                for k in 0..h {
+                    for gate in 0..g {
+                        for u in 0..TILE_UNITS {
+                            let w = self.weights[((tile * h + k) * g + gate) * TILE_UNITS + u];
+                            let pair = ((tile * pairs + k / 2) * g + gate) * TILE_UNITS + u;
+                            out[pair * 2 + k % 2] = to_bf16(w);
+                        }
+                    }
+                }
+            }
+            out
+        })
     }
 
     /// Number of tiles, `⌈H / 16⌉`.
@@ -204,21 +265,13 @@ fn accumulate<S: SimdF32, E: PanelElem, const G: usize>(
             *a = s.load(&bias[g * TILE_UNITS + v * S::LANES..]);
         }
     }
-    let panel = &weights[tile * h * G * TILE_UNITS..(tile + 1) * h * G * TILE_UNITS];
-    for (k, &hk) in h_prev[..h].iter().enumerate() {
-        let hk = s.splat(hk);
-        let row = &panel[k * G * TILE_UNITS..(k + 1) * G * TILE_UNITS];
-        for (g, ag) in acc.iter_mut().enumerate() {
-            for (v, a) in ag.iter_mut().enumerate().take(regs) {
-                // SAFETY: g·16 + v·LANES + LANES ≤ G·16 = row.len().
-                *a = s.fma(
-                    hk,
-                    unsafe { E::load(s, row.as_ptr().add(g * TILE_UNITS + v * S::LANES)) },
-                    *a,
-                );
-            }
-        }
-    }
+    let per_tile = weights.len() / p.tiles();
+    E::accumulate::<S, G>(
+        s,
+        &weights[tile * per_tile..(tile + 1) * per_tile],
+        &h_prev[..h],
+        &mut acc,
+    );
     acc
 }
 

@@ -34,11 +34,12 @@ pub(crate) trait SimdF32: Copy + Send + Sync + 'static {
     /// # Safety
     /// `p..p + LANES` must be writable.
     unsafe fn store_ptr(self, p: *mut f32, v: Self::V);
-    /// Loads `LANES` bfloat16 values from `p`, widened to `f32` (exact).
+    /// Loads `LANES` pairs of bfloat16 values from `p` (`2·LANES` values, pair `i` at
+    /// `p[2i], p[2i + 1]`) and widens them exactly: returns (first of each pair, second).
     ///
     /// # Safety
-    /// `p..p + LANES` must be readable.
-    unsafe fn load_bf16_ptr(self, p: *const u16) -> Self::V;
+    /// `p..p + 2·LANES` must be readable.
+    unsafe fn load_bf16_pairs_ptr(self, p: *const u16) -> (Self::V, Self::V);
     /// The sum of the lanes.
     fn reduce_sum(self, v: Self::V) -> f32;
     /// `a + b`.
@@ -106,9 +107,13 @@ impl SimdF32 for Scalar {
         unsafe { *p = v }
     }
     #[inline(always)]
-    unsafe fn load_bf16_ptr(self, p: *const u16) -> f32 {
-        // SAFETY: the caller guarantees `p` is readable.
-        f32::from_bits((unsafe { *p } as u32) << 16)
+    unsafe fn load_bf16_pairs_ptr(self, p: *const u16) -> (f32, f32) {
+        // SAFETY: the caller guarantees p[0] and p[1] are readable.
+        let (a, b) = unsafe { (*p, *p.add(1)) };
+        (
+            f32::from_bits((a as u32) << 16),
+            f32::from_bits((b as u32) << 16),
+        )
     }
     #[inline(always)]
     fn reduce_sum(self, v: f32) -> f32 {
@@ -243,11 +248,14 @@ impl SimdF32 for Avx2 {
         unsafe { _mm256_storeu_ps(p, v) }
     }
     #[inline(always)]
-    unsafe fn load_bf16_ptr(self, p: *const u16) -> __m256 {
-        // SAFETY: see the impl; the caller guarantees 8 readable values.
+    unsafe fn load_bf16_pairs_ptr(self, p: *const u16) -> (__m256, __m256) {
+        // SAFETY: see the impl; the caller guarantees 16 readable values. Little-endian: the
+        // first of a pair is the low half of its 32-bit lane.
         unsafe {
-            let h = _mm_loadu_si128(p.cast());
-            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+            let lanes = _mm256_loadu_si256(p.cast());
+            let first = _mm256_slli_epi32::<16>(lanes);
+            let second = _mm256_and_si256(lanes, _mm256_set1_epi32(0xFFFF_0000u32 as i32));
+            (_mm256_castsi256_ps(first), _mm256_castsi256_ps(second))
         }
     }
     #[inline(always)]
@@ -377,11 +385,14 @@ impl SimdF32 for Avx512 {
         unsafe { _mm512_storeu_ps(p, v) }
     }
     #[inline(always)]
-    unsafe fn load_bf16_ptr(self, p: *const u16) -> __m512 {
-        // SAFETY: see the impl; the caller guarantees 16 readable values.
+    unsafe fn load_bf16_pairs_ptr(self, p: *const u16) -> (__m512, __m512) {
+        // SAFETY: see the impl; the caller guarantees 32 readable values. Little-endian: the
+        // first of a pair is the low half of its 32-bit lane.
         unsafe {
-            let h = _mm256_loadu_si256(p.cast());
-            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+            let lanes = _mm512_loadu_si512(p.cast());
+            let first = _mm512_slli_epi32::<16>(lanes);
+            let second = _mm512_and_si512(lanes, _mm512_set1_epi32(0xFFFF_0000u32 as i32));
+            (_mm512_castsi512_ps(first), _mm512_castsi512_ps(second))
         }
     }
     #[inline(always)]
