@@ -325,95 +325,27 @@ fn run_packed<'a, S: simd::SimdF32, I: Dim, H: Dim>(
     s: S,
     job: Job<'a, f32, I, H>,
 ) -> Option<Job<'a, f32, I, H>> {
-    use packed::PackedStep;
-    let tiles =
-        |w: &RecurrentWeights<f32, I, H>, part: crate::cell::Part| part.range(w.packed().tiles());
-    match job {
-        Job::LstmFwd(k, w, st) if st.batch <= SMALL_ROWS => {
-            let bh = st.batch * w.hidden.value();
-            let (h_prev, c_prev) = st.state.split_at(bh);
-            let (h_next, c_next) = st.next.split_at_mut(bh);
-            let (proj, tape, batch, tiles) = (st.proj, st.tape, st.batch, tiles(w, st.part));
-            let step = PackedStep {
-                batch,
-                proj,
-                h_prev,
-                c_prev,
-                h_next,
-                c_next,
-                tape,
-                tiles,
-            };
-            let p = w.packed();
-            if w.bf16_inference && step.tape.is_empty() {
-                s.vectorize(
-                    #[inline(always)]
-                    || packed::lstm_fwd(s, k, p, p.weights_bf16(), step),
-                );
-            } else {
-                s.vectorize(
-                    #[inline(always)]
-                    || packed::lstm_fwd(s, k, p, p.weights(), step),
-                );
-            }
-            None
-        }
-        Job::GruFwd(k, w, st) if st.batch <= SMALL_ROWS && k.reset_after => {
-            let (proj, tape, batch, tiles) = (st.proj, st.tape, st.batch, tiles(w, st.part));
-            let (h_prev, h_next) = (st.state, st.next);
-            let step = PackedStep {
-                batch,
-                proj,
-                h_prev,
-                c_prev: &[],
-                h_next,
-                c_next: &mut [],
-                tape,
-                tiles,
-            };
-            let p = w.packed();
-            if w.bf16_inference && step.tape.is_empty() {
-                s.vectorize(
-                    #[inline(always)]
-                    || packed::gru_fwd(s, k, p, p.weights_bf16(), step),
-                );
-            } else {
-                s.vectorize(
-                    #[inline(always)]
-                    || packed::gru_fwd(s, k, p, p.weights(), step),
-                );
-            }
-            None
-        }
-        Job::RnnFwd(k, w, st) if st.batch <= SMALL_ROWS => {
-            let (proj, tape, batch, tiles) = (st.proj, st.tape, st.batch, tiles(w, st.part));
-            let (h_prev, h_next) = (st.state, st.next);
-            let step = PackedStep {
-                batch,
-                proj,
-                h_prev,
-                c_prev: &[],
-                h_next,
-                c_next: &mut [],
-                tape,
-                tiles,
-            };
-            let p = w.packed();
-            if w.bf16_inference && step.tape.is_empty() {
-                s.vectorize(
-                    #[inline(always)]
-                    || packed::simple_rnn_fwd(s, k, p, p.weights_bf16(), step),
-                );
-            } else {
-                s.vectorize(
-                    #[inline(always)]
-                    || packed::simple_rnn_fwd(s, k, p, p.weights(), step),
-                );
-            }
-            None
-        }
-        other => Some(other),
+    use packed::{Fused, PackedStep};
+    let (kind, w, st) = match job {
+        Job::LstmFwd(k, w, st) if st.batch <= SMALL_ROWS => (Fused::Lstm(k), w, st),
+        Job::GruFwd(k, w, st) if st.batch <= SMALL_ROWS && k.reset_after => (Fused::Gru(k), w, st),
+        Job::RnnFwd(k, w, st) if st.batch <= SMALL_ROWS => (Fused::Rnn(k), w, st),
+        other => return Some(other),
+    };
+    let p = w.packed();
+    let step = PackedStep::new(st, w.hidden.value(), p.tiles());
+    if w.bf16_inference && step.tape.is_empty() {
+        s.vectorize(
+            #[inline(always)]
+            || packed::step_fwd(s, kind, p, p.weights_bf16(), step),
+        );
+    } else {
+        s.vectorize(
+            #[inline(always)]
+            || packed::step_fwd(s, kind, p, p.weights(), step),
+        );
     }
+    None
 }
 
 /// `f64` runs the portable operations, compiled for the selected ISA.

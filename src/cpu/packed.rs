@@ -14,6 +14,7 @@ use std::sync::OnceLock;
 use super::math;
 use super::simd::SimdF32;
 use crate::activation::Activation;
+use crate::cell::StepForward;
 use crate::cell::gru::GruKind;
 use crate::cell::lstm::LstmKind;
 use crate::cell::simple_rnn::SimpleRnnKind;
@@ -231,6 +232,31 @@ impl Lanes {
     }
 }
 
+/// The cells the packed kernels implement.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Fused<'a> {
+    Lstm(&'a LstmKind),
+    /// Reset-after only.
+    Gru(&'a GruKind),
+    Rnn(&'a SimpleRnnKind),
+}
+
+/// One forward step of `kind` over the step's tiles.
+#[inline(always)]
+pub(crate) fn step_fwd<S: SimdF32, E: PanelElem>(
+    s: S,
+    kind: Fused<'_>,
+    p: &PackedRecurrent,
+    weights: &[E],
+    st: PackedStep<'_>,
+) {
+    match kind {
+        Fused::Lstm(k) => lstm_fwd(s, k, p, weights, st),
+        Fused::Gru(k) => gru_fwd(s, k, p, weights, st),
+        Fused::Rnn(k) => simple_rnn_fwd(s, k, p, weights, st),
+    }
+}
+
 /// What the packed kernels need of one step, for rows `b < batch` and tiles `tiles`.
 ///
 /// Row-major buffers as in [`crate::cell::StepForward`]: `proj [B, G·H]`, `h_prev`, `h_next`,
@@ -244,6 +270,26 @@ pub(crate) struct PackedStep<'a> {
     pub c_next: &'a mut [f32],
     pub tape: &'a mut [f32],
     pub tiles: std::ops::Range<usize>,
+}
+
+impl<'a> PackedStep<'a> {
+    /// The packed view of an engine step over `tiles` tiles: the state splits into `h` and, when
+    /// it holds two tensors (LSTM), `c`; the step's part selects the tiles.
+    pub(crate) fn new(st: StepForward<'a, f32>, hidden: usize, tiles: usize) -> Self {
+        let bh = st.batch * hidden;
+        let (h_prev, c_prev) = st.state.split_at(bh.min(st.state.len()));
+        let (h_next, c_next) = st.next.split_at_mut(bh.min(st.next.len()));
+        PackedStep {
+            batch: st.batch,
+            proj: st.proj,
+            h_prev,
+            c_prev,
+            h_next,
+            c_next,
+            tape: st.tape,
+            tiles: st.part.range(tiles),
+        }
+    }
 }
 
 /// Gate accumulators of one tile and row: `acc[g][v] = bias + h_prev · U` over the tile's
@@ -277,7 +323,7 @@ fn accumulate<S: SimdF32, E: PanelElem, const G: usize>(
 
 /// LSTM forward over the step's tiles (see [`crate::cell::lstm`] for the maths and the record).
 #[inline(always)]
-pub(crate) fn lstm_fwd<S: SimdF32, E: PanelElem>(
+fn lstm_fwd<S: SimdF32, E: PanelElem>(
     s: S,
     kind: &LstmKind,
     p: &PackedRecurrent,
@@ -319,7 +365,7 @@ pub(crate) fn lstm_fwd<S: SimdF32, E: PanelElem>(
 
 /// Reset-after GRU forward over the step's tiles.
 #[inline(always)]
-pub(crate) fn gru_fwd<S: SimdF32, E: PanelElem>(
+fn gru_fwd<S: SimdF32, E: PanelElem>(
     s: S,
     kind: &GruKind,
     p: &PackedRecurrent,
@@ -366,7 +412,7 @@ pub(crate) fn gru_fwd<S: SimdF32, E: PanelElem>(
 
 /// SimpleRNN forward over the step's tiles.
 #[inline(always)]
-pub(crate) fn simple_rnn_fwd<S: SimdF32, E: PanelElem>(
+fn simple_rnn_fwd<S: SimdF32, E: PanelElem>(
     s: S,
     kind: &SimpleRnnKind,
     p: &PackedRecurrent,
