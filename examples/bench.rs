@@ -7,6 +7,10 @@
 //! cargo run --release --example bench -- --preset standard [--mode infer|train|both] [--json]
 //! ```
 //!
+//! `--input-scale F` multiplies every input by `F`: comparing `F` with `−F` (e.g. ±60, which
+//! drives gates to 0 and 1 and, without flushing, their derivatives and products towards
+//! subnormal numbers) shows whether a sign flip slows a kernel down.
+//!
 //! FLOPs per step are `2·B·(I+H)·G·H` (G = 1, 3, 4 for rnn, gru, lstm); training (forward with
 //! recording, then BPTT with every gradient) counts 3× the forward. Without `--json` a table
 //! is printed instead.
@@ -40,6 +44,8 @@ struct Args {
     bf16: bool,
     json: bool,
     min_time: Duration,
+    /// Factor on every input (a negative one flips the sign: the subnormal check).
+    input_scale: f32,
 }
 
 fn parse() -> Result<Args, String> {
@@ -52,6 +58,7 @@ fn parse() -> Result<Args, String> {
         bf16: false,
         json: false,
         min_time: Duration::from_millis(300),
+        input_scale: 1.0,
     };
     let (mut t, mut b, mut i, mut h) = (None, None, None, None);
     let mut cell_given = false;
@@ -115,6 +122,12 @@ fn parse() -> Result<Args, String> {
                 if !cell_given {
                     a.cells = vec!["lstm".into(), "gru".into(), "rnn".into()];
                 }
+            }
+            "--input-scale" => {
+                let v = it.next().ok_or("--input-scale needs a value")?;
+                a.input_scale = v
+                    .parse()
+                    .map_err(|_| format!("--input-scale: `{v}` is not a number"))?;
             }
             "--min-time-ms" => {
                 a.min_time = Duration::from_millis(num(it.next(), "--min-time-ms")? as u64)
@@ -212,7 +225,7 @@ fn bench_cell<C: Cell<f32>>(
         .layout(Layout::BatchMajor)
         .threads(a.threads);
     let x: Vec<f32> = (0..t * b * i)
-        .map(|k| ((k % 101) as f32 - 50.0) / 60.0)
+        .map(|k| a.input_scale * ((k % 101) as f32 - 50.0) / 60.0)
         .collect();
     let fwd_flops = 2.0 * (b * (i + h) * gates * h * t) as f64;
     let backend = fused_rnn::active_backend();
@@ -335,7 +348,7 @@ fn main() -> ExitCode {
             }
             eprintln!(
                 "usage: bench --cell lstm|gru|rnn --batch B --seq T --input I --hidden H --mode infer|train|both \
-                 [--threads N] [--backend auto|scalar|avx2|avx512] [--dtype f32|bf16] [--json] [--min-time-ms MS]\n       \
+                 [--threads N] [--backend auto|scalar|avx2|avx512] [--dtype f32|bf16] [--json] [--min-time-ms MS] [--input-scale F]\n       \
                  bench --preset standard [--cell C] [--mode M] [--json]"
             );
             return if why.is_empty() {
