@@ -651,7 +651,8 @@ def report(res, json_path, args):
     w(f"| memory | {m['mem_gib']} GiB |")
     w(f"| OS | {m['os']}, Linux {m['kernel']} |")
     w(f"| load average | {res['loadavg_start'][0]:.2f} at start, "
-      f"{res.get('loadavg_end', [float('nan')])[0]:.2f} at end (1 min) |")
+      f"{res.get('loadavg_end', [float('nan')])[0]:.2f} at end (1 min; above {st['threads']} means other "
+      "processes competed for the CPUs during the run) |")
     w(f"| fused-rnn | commit `{m['commit']}`{' + uncommitted changes in the working tree' if m['dirty'] else ''}; "
       f"{m['rustc']}; backend {', '.join(backends) or '?'} |")
     if sg:
