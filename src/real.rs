@@ -79,9 +79,6 @@ mod private {
     pub trait Sealed: Sized {
         fn run_job<I: Dim, H: Dim>(job: Job<'_, Self, I, H>, backend: Backend);
         fn prepare_weights<I: Dim, H: Dim>(w: &RecurrentWeights<Self, I, H>);
-        /// Tiles a forward step over `batch` rows splits into on the active backend (1 when it
-        /// does not run the packed kernels).
-        fn packed_tiles<I: Dim, H: Dim>(w: &RecurrentWeights<Self, I, H>, batch: usize) -> usize;
     }
     impl Sealed for f32 {
         #[inline]
@@ -91,9 +88,6 @@ mod private {
         fn prepare_weights<I: Dim, H: Dim>(w: &RecurrentWeights<Self, I, H>) {
             w.packed();
         }
-        fn packed_tiles<I: Dim, H: Dim>(w: &RecurrentWeights<Self, I, H>, batch: usize) -> usize {
-            cpu::packed_tiles(w.hidden_size(), batch)
-        }
     }
     impl Sealed for f64 {
         #[inline]
@@ -101,9 +95,6 @@ mod private {
             cpu::run_f64(job, backend)
         }
         fn prepare_weights<I: Dim, H: Dim>(_: &RecurrentWeights<Self, I, H>) {}
-        fn packed_tiles<I: Dim, H: Dim>(_: &RecurrentWeights<Self, I, H>, _: usize) -> usize {
-            1
-        }
     }
 }
 

@@ -11,7 +11,8 @@ fn bits(v: &[f32]) -> Vec<u32> {
 }
 
 fn same_with_threads<C: Cell<f32>>(name: &str, cell: &C, split: &mut usize) {
-    for (t, b) in [(1, 1), (7, 1), (5, 3), (4, 4)] {
+    // B ≤ 4 runs the row kernels (packed on SIMD backends), B > 4 the matrix-product path.
+    for (t, b) in [(1, 1), (7, 1), (5, 3), (4, 4), (3, 6), (2, 9)] {
         if cell.max_parts(b) > 1 {
             *split += 1;
         }

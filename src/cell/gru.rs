@@ -89,7 +89,7 @@ impl CellKind for GruKind {
     fn scratch_width(&self, h: usize) -> usize {
         4 * h
     }
-    fn packable(&self) -> bool {
+    fn splittable(&self) -> bool {
         // Reset-before needs every unit's r before any candidate product: not tile-local.
         self.reset_after
     }

@@ -203,9 +203,10 @@ pub trait CellKind: Copy + Debug + Send + Sync + 'static + private::Sealed {
     const STATES: usize;
     /// Per-row record width for hidden width `h`.
     fn tape_width(&self, h: usize) -> usize;
-    /// Whether the forward step can run on the packed, register-fused kernels (tile by tile,
-    /// so it can also be split across threads).
-    fn packable(&self) -> bool {
+    /// Whether the forward step is local to each hidden unit once the previous state is known,
+    /// so that it can run tile by tile: on the packed, register-fused kernels, and split
+    /// across threads.
+    fn splittable(&self) -> bool {
         true
     }
     /// Per-row scratch width for hidden width `h`.
@@ -306,20 +307,16 @@ impl<T: Real, K: CellKind, I: Dim, H: Dim> Cell<T> for Recurrent<T, K, I, H> {
         /// Multiply-adds per step below which another thread costs more (a barrier and the
         /// exchange of the new state) than it saves.
         const MIN_WORK_PER_PART: usize = 1 << 16;
-        if !self.kind.packable() {
+        if !self.kind.splittable() {
             return 1;
         }
         let h = self.hidden_size();
         let work = batch * h * K::GATES * h;
-        T::packed_tiles(&self.weights, batch)
-            .min(work / MIN_WORK_PER_PART)
-            .max(1)
+        h.div_ceil(TILE_UNITS).min(work / MIN_WORK_PER_PART).max(1)
     }
 
     fn part_units(&self, part: Part) -> std::ops::Range<usize> {
-        let h = self.hidden_size();
-        let tiles = part.range(h.div_ceil(TILE_UNITS));
-        (tiles.start * TILE_UNITS).min(h)..(tiles.end * TILE_UNITS).min(h)
+        cpu::part_units(part, self.hidden_size())
     }
 
     fn project_inputs(&self, x: &[T], proj: &mut [T]) {

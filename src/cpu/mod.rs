@@ -308,14 +308,11 @@ pub(crate) fn run_f32<I: Dim, H: Dim>(job: Job<'_, f32, I, H>, backend: Backend)
     }
 }
 
-/// Tiles an `f32` forward step of `batch` rows runs as on the packed kernels of the active
-/// backend, 1 when that backend does not use them.
-pub(crate) fn packed_tiles(hidden: usize, batch: usize) -> usize {
-    if active_backend() != Backend::Scalar && batch <= SMALL_ROWS {
-        hidden.div_ceil(packed::TILE_UNITS)
-    } else {
-        1
-    }
+/// The hidden units a [`Part`](crate::cell::Part) of a built-in cell's step covers: its share
+/// of the tiles of [`packed::TILE_UNITS`] units.
+pub(crate) fn part_units(part: crate::cell::Part, hidden: usize) -> std::ops::Range<usize> {
+    let tiles = part.range(hidden.div_ceil(packed::TILE_UNITS));
+    (tiles.start * packed::TILE_UNITS).min(hidden)..(tiles.end * packed::TILE_UNITS).min(hidden)
 }
 
 /// Runs `job` on the packed, register-fused kernels when they apply (a forward step of at most

@@ -7,6 +7,7 @@
 
 use super::gemm::{self, Mat, Op};
 use super::ops::RowOps;
+use super::part_units;
 use super::{SMALL_ROWS, init_with_bias, sum_rows_into};
 use crate::cell::gru::{CANDIDATE, GruKind, RESET, UPDATE};
 use crate::cell::lstm::LstmKind;
@@ -14,6 +15,7 @@ use crate::cell::simple_rnn::SimpleRnnKind;
 use crate::cell::{RecurrentWeights, StepBackward, StepForward};
 use crate::dim::Dim;
 use crate::real::Real;
+use std::ops::Range;
 
 /// `out[r, :n] = bias + x[r, :K] · w[:, col0..col0 + n]` for every row `r < rows`.
 ///
@@ -206,6 +208,43 @@ fn add_assign<T: Real>(a: &mut [T], b: &[T]) {
     }
 }
 
+/// Recurrent products of gate blocks `gates` restricted to `units`, for every row, into `out`
+/// (rows `ldo` apart, gate block `g` at `g·H`): one product over all columns for a whole step,
+/// one per gate block for a part.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn recurrent_units<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
+    ops: O,
+    w: &RecurrentWeights<T, I, H>,
+    batch: usize,
+    h_prev: &[T],
+    gates: Range<usize>,
+    units: &Range<usize>,
+    out: &mut [T],
+    ldo: usize,
+) {
+    let h = w.hidden.value();
+    if units.len() == h {
+        let (col0, n) = (gates.start * h, gates.len() * h);
+        recurrent(ops, w, batch, h_prev, h, col0, n, &mut out[col0..], ldo);
+        return;
+    }
+    for g in gates {
+        let col0 = g * h + units.start;
+        recurrent(
+            ops,
+            w,
+            batch,
+            h_prev,
+            h,
+            col0,
+            units.len(),
+            &mut out[col0..],
+            ldo,
+        );
+    }
+}
+
 #[inline(always)]
 pub(crate) fn simple_rnn_fwd<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
     ops: O,
@@ -213,11 +252,13 @@ pub(crate) fn simple_rnn_fwd<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
     w: &RecurrentWeights<T, I, H>,
     s: StepForward<'_, T>,
 ) {
-    let (h, b) = (w.hidden.value(), s.batch);
-    let next = &mut s.next[..b * h];
-    recurrent(ops, w, b, s.state, h, 0, h, next, h);
-    add_assign(next, &s.proj[..b * h]);
-    ops.activate(kind.activation, next);
+    let (h, u) = (w.hidden.value(), part_units(s.part, w.hidden.value()));
+    recurrent_units(ops, w, s.batch, s.state, 0..1, &u, s.next, h);
+    for b in 0..s.batch {
+        let rows = b * h + u.start..b * h + u.end;
+        add_assign(&mut s.next[rows.clone()], &s.proj[rows.clone()]);
+        ops.activate(kind.activation, &mut s.next[rows]);
+    }
 }
 
 #[inline(always)]
@@ -247,39 +288,41 @@ pub(crate) fn lstm_fwd<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
     s: StepForward<'_, T>,
 ) {
     let h = w.hidden.value();
-    let gh = 4 * h;
-    let bh = s.batch * h;
+    let (gh, bh, u) = (4 * h, s.batch * h, part_units(s.part, h));
     let (ra, act) = (kind.recurrent_activation, kind.activation);
     let (h_prev, c_prev) = s.state.split_at(bh);
     let (h_next, c_next) = s.next.split_at_mut(bh);
-    recurrent(ops, w, s.batch, h_prev, h, 0, gh, s.scratch, gh);
-    let record = !s.tape.is_empty();
+    recurrent_units(ops, w, s.batch, h_prev, 0..4, &u, s.scratch, gh);
     for b in 0..s.batch {
-        // Scratch row: pre-activations, then in place the gates i, f, c̃, o.
+        // Scratch row: pre-activations, then in place the gates i, f, c̃, o (this part's units).
         let g = &mut s.scratch[b * gh..(b + 1) * gh];
-        add_assign(g, &s.proj[b * gh..(b + 1) * gh]);
-        ops.activate(ra, &mut g[..2 * h]);
-        ops.activate(act, &mut g[2 * h..3 * h]);
-        ops.activate(ra, &mut g[3 * h..]);
-        let (ifg, o) = g.split_at(3 * h);
-        let rows = b * h..(b + 1) * h;
+        let px = &s.proj[b * gh..(b + 1) * gh];
+        for (gate, a) in [ra, ra, act, ra].into_iter().enumerate() {
+            let cols = gate * h + u.start..gate * h + u.end;
+            add_assign(&mut g[cols.clone()], &px[cols.clone()]);
+            ops.activate(a, &mut g[cols]);
+        }
+        let rows = b * h + u.start..b * h + u.end;
         let (hn, cn, cp) = (
             &mut h_next[rows.clone()],
             &mut c_next[rows.clone()],
             &c_prev[rows],
         );
-        for j in 0..h {
-            cn[j] = ifg[h + j] * cp[j] + ifg[j] * ifg[2 * h + j];
+        for (k, j) in u.clone().enumerate() {
+            cn[k] = g[h + j] * cp[k] + g[j] * g[2 * h + j];
         }
         // h holds act(c) until the output gate multiplies it.
         hn.copy_from_slice(cn);
         ops.activate(act, hn);
-        if record {
+        if !s.tape.is_empty() {
             let t = &mut s.tape[b * 5 * h..(b + 1) * 5 * h];
-            t[..gh].copy_from_slice(g);
-            t[gh..].copy_from_slice(hn);
+            for gate in 0..4 {
+                let cols = gate * h + u.start..gate * h + u.end;
+                t[cols.clone()].copy_from_slice(&g[cols]);
+            }
+            t[4 * h + u.start..4 * h + u.end].copy_from_slice(hn);
         }
-        for (hv, &ov) in hn.iter_mut().zip(o) {
+        for (hv, &ov) in hn.iter_mut().zip(&g[3 * h + u.start..3 * h + u.end]) {
             *hv *= ov;
         }
     }
@@ -330,53 +373,58 @@ pub(crate) fn gru_fwd<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
     s: StepForward<'_, T>,
 ) {
     let h = w.hidden.value();
-    let (gh, tw) = (3 * h, kind.tape_width_rows(h));
+    let (gh, tw, u) = (3 * h, kind.tape_width_rows(h), part_units(s.part, h));
+    // Reset-before needs every unit's r before the candidate product: never split.
+    debug_assert!(kind.reset_after || u.len() == h);
     // Scratch: rows [B, 3H] of recurrent terms (z, r, candidate) — z and r replaced in place
     // by the gates — then rows [B, H] holding r ⊙ h_prev and later the candidate.
     let (rec, aux) = s.scratch.split_at_mut(s.batch * gh);
-    let rec_cols = if kind.reset_after { gh } else { 2 * h };
-    recurrent(ops, w, s.batch, s.state, h, 0, rec_cols, rec, gh);
+    let rec_gates = if kind.reset_after { 0..3 } else { 0..2 };
+    recurrent_units(ops, w, s.batch, s.state, rec_gates, &u, rec, gh);
     for b in 0..s.batch {
-        let zr = &mut rec[b * gh..b * gh + 2 * h];
-        add_assign(zr, &s.proj[b * gh..b * gh + 2 * h]);
-        ops.activate(kind.recurrent_activation, zr);
-        for j in 0..h {
-            aux[b * h + j] = zr[RESET * h + j] * s.state[b * h + j];
+        for gate in [UPDATE, RESET] {
+            let cols = b * gh + gate * h + u.start..b * gh + gate * h + u.end;
+            add_assign(&mut rec[cols.clone()], &s.proj[cols.clone()]);
+            ops.activate(kind.recurrent_activation, &mut rec[cols]);
+        }
+        for j in u.clone() {
+            aux[b * h + j] = rec[b * gh + RESET * h + j] * s.state[b * h + j];
         }
     }
     if !kind.reset_after {
-        // The reset-before candidate needs r before its product: (r ⊙ h_prev) · U_h̃.
+        // The reset-before candidate: (r ⊙ h_prev) · U_h̃.
         recurrent(ops, w, s.batch, aux, h, 2 * h, h, &mut rec[2 * h..], gh);
     }
     for b in 0..s.batch {
         let (g, px) = (&rec[b * gh..(b + 1) * gh], &s.proj[b * gh..(b + 1) * gh]);
-        let cand = &mut aux[b * h..(b + 1) * h];
-        for j in 0..h {
+        let cand = &mut aux[b * h + u.start..b * h + u.end];
+        for (k, j) in u.clone().enumerate() {
             let rec_n = g[CANDIDATE * h + j];
             let gated = if kind.reset_after {
                 g[RESET * h + j] * rec_n
             } else {
                 rec_n
             };
-            cand[j] = px[CANDIDATE * h + j] + gated;
+            cand[k] = px[CANDIDATE * h + j] + gated;
         }
         ops.activate(kind.activation, cand);
-        let (next, prev) = (
-            &mut s.next[b * h..(b + 1) * h],
-            &s.state[b * h..(b + 1) * h],
-        );
-        for j in 0..h {
+        let rows = b * h + u.start..b * h + u.end;
+        let (next, prev) = (&mut s.next[rows.clone()], &s.state[rows]);
+        for (k, j) in u.clone().enumerate() {
             let z = g[UPDATE * h + j];
-            next[j] = z * prev[j] + (T::ONE - z) * cand[j];
+            next[k] = z * prev[k] + (T::ONE - z) * cand[k];
         }
         if s.tape.is_empty() {
             continue;
         }
         let t = &mut s.tape[b * tw..(b + 1) * tw];
-        t[..2 * h].copy_from_slice(&g[..2 * h]);
-        t[2 * h..gh].copy_from_slice(cand);
+        for gate in [UPDATE, RESET] {
+            let cols = gate * h + u.start..gate * h + u.end;
+            t[cols.clone()].copy_from_slice(&g[cols]);
+        }
+        t[2 * h + u.start..2 * h + u.end].copy_from_slice(cand);
         if kind.reset_after {
-            t[gh..].copy_from_slice(&g[2 * h..]);
+            t[gh + u.start..gh + u.end].copy_from_slice(&g[2 * h + u.start..2 * h + u.end]);
         }
     }
 }
