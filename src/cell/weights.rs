@@ -258,8 +258,10 @@ impl<T: Real, K: CellKind, I: Dim, H: Dim> Recurrent<T, K, I, H> {
     /// Whether inference with `f32` on the AVX2 / AVX-512 backends streams the recurrent
     /// weights as bfloat16 (rounded to nearest once, widened exactly in the kernel): half the
     /// bytes per step for batches of up to 4 rows, at bfloat16's relative precision of 2⁻⁹ per
-    /// weight (see `docs/PERFORMANCE.md` for the measured output error). Training forward and
-    /// backward always use the `f32` weights. Off by default.
+    /// weight. Over 100 steps with Glorot-scaled weights the outputs stay within 4.5e-4 (LSTM),
+    /// 8.5e-4 (GRU) and 5.1e-3 (SimpleRNN, H = 256) of the `f32`-weight outputs, measured by
+    /// `tests/bf16.rs`, which asserts 2e-2. Training forward and backward always use the `f32`
+    /// weights. Off by default.
     pub fn set_bf16_inference(&mut self, on: bool) {
         self.weights.bf16_inference = on;
     }

@@ -68,11 +68,11 @@ pub struct SeqSpec {
     pub go_backwards: bool,
     /// Return every step's output (`true`) or only the last one.
     pub return_sequences: bool,
-    /// Threads the forward loop may use (at least 1). Used when the cell can split its steps
-    /// ([`Cell::max_parts`]): built-in `f32` cells on the AVX2 / AVX-512 backends with batches
-    /// of up to 4 rows, where a step is a matrix-vector product bound by how fast one core
-    /// streams the recurrent weights; each thread then keeps its share of them in its own cache.
-    /// Other runs use one thread.
+    /// Threads the forward loop may use (at least 1). Used where the cell can split its steps
+    /// ([`Cell::max_parts`]): the built-in LSTM, SimpleRNN and reset-after GRU split by
+    /// 16-unit tiles once a step is large enough to pay for a thread, each thread keeping its
+    /// share of the recurrent weights in its own cache; the input projection is split by rows.
+    /// Results do not depend on the thread count. Backpropagation runs on one thread.
     pub threads: usize,
 }
 
