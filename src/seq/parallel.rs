@@ -60,7 +60,7 @@ pub(super) struct Outputs<'a, T> {
 
 /// Runs the forward loop on `threads` threads (at most the cell's `max_parts`); returns the
 /// final state. `initial` is the full `[S, B, H]` start state.
-pub(super) fn forward<T: Real, C: Cell<T> + Sync + ?Sized>(
+pub(super) fn forward<T: Real, C: Cell<T> + ?Sized>(
     cell: &C,
     spec: &SeqSpec,
     d: &Dims,
