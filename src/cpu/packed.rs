@@ -321,6 +321,31 @@ fn accumulate<S: SimdF32, E: PanelElem, const G: usize>(
     acc
 }
 
+/// Runs `f` for every batch row `b`, tile, and register `v` of the step's tiles, with the
+/// tile's gate accumulators `acc` (`acc[g][v]`) and the tile's units as `Lanes`.
+#[inline(always)]
+fn sweep<S: SimdF32, E: PanelElem, const G: usize>(
+    s: S,
+    p: &PackedRecurrent,
+    weights: &[E],
+    st: &mut PackedStep<'_>,
+    mut f: impl FnMut(&mut PackedStep<'_>, usize, &Lanes, usize, &[[S::V; 16]; G]),
+) {
+    let h = p.hidden;
+    for b in 0..st.batch {
+        for tile in st.tiles.clone() {
+            let acc = accumulate::<S, E, G>(s, p, weights, tile, &st.h_prev[b * h..(b + 1) * h]);
+            let lanes = Lanes {
+                u0: tile * TILE_UNITS,
+                n: (h - tile * TILE_UNITS).min(TILE_UNITS),
+            };
+            for v in (0..TILE_UNITS / S::LANES).take_while(|v| v * S::LANES < lanes.n) {
+                f(st, b, &lanes, v, &acc);
+            }
+        }
+    }
+}
+
 /// LSTM forward over the step's tiles (see [`crate::cell::lstm`] for the maths and the record).
 #[inline(always)]
 fn lstm_fwd<S: SimdF32, E: PanelElem>(
@@ -328,39 +353,33 @@ fn lstm_fwd<S: SimdF32, E: PanelElem>(
     kind: &LstmKind,
     p: &PackedRecurrent,
     weights: &[E],
-    st: PackedStep<'_>,
+    mut st: PackedStep<'_>,
 ) {
-    let (h, regs) = (p.hidden, TILE_UNITS / S::LANES);
+    let h = p.hidden;
     let (ra, act) = (kind.recurrent_activation, kind.activation);
-    for b in 0..st.batch {
-        let px = &st.proj[b * 4 * h..(b + 1) * 4 * h];
-        let rows = b * h..(b + 1) * h;
-        for tile in st.tiles.clone() {
-            let acc = accumulate::<S, E, 4>(s, p, weights, tile, &st.h_prev[rows.clone()]);
-            let lanes = Lanes {
-                u0: tile * TILE_UNITS,
-                n: (h - tile * TILE_UNITS).min(TILE_UNITS),
-            };
-            for v in 0..regs {
-                if v * S::LANES >= lanes.n {
-                    break;
-                }
-                let pre = |g: usize| s.add(acc[g][v], lanes.load(s, &px[g * h..], v));
-                let (i, f) = (activate(s, ra, pre(0)), activate(s, ra, pre(1)));
-                let (g, o) = (activate(s, act, pre(2)), activate(s, ra, pre(3)));
-                let c = s.fma(f, lanes.load(s, &st.c_prev[rows.clone()], v), s.mul(i, g));
-                let act_c = activate(s, act, c);
-                lanes.store(s, &mut st.c_next[rows.clone()], v, c);
-                lanes.store(s, &mut st.h_next[rows.clone()], v, s.mul(o, act_c));
-                if !st.tape.is_empty() {
-                    let t = &mut st.tape[b * 5 * h..(b + 1) * 5 * h];
-                    for (k, x) in [i, f, g, o, act_c].into_iter().enumerate() {
-                        lanes.store(s, &mut t[k * h..], v, x);
-                    }
+    sweep::<S, E, 4>(
+        s,
+        p,
+        weights,
+        &mut st,
+        #[inline(always)]
+        |st, b, lanes, v, acc| {
+            let (px, rows) = (&st.proj[b * 4 * h..(b + 1) * 4 * h], b * h..(b + 1) * h);
+            let pre = |g: usize| s.add(acc[g][v], lanes.load(s, &px[g * h..], v));
+            let (i, f) = (activate(s, ra, pre(0)), activate(s, ra, pre(1)));
+            let (g, o) = (activate(s, act, pre(2)), activate(s, ra, pre(3)));
+            let c = s.fma(f, lanes.load(s, &st.c_prev[rows.clone()], v), s.mul(i, g));
+            let act_c = activate(s, act, c);
+            lanes.store(s, &mut st.c_next[rows.clone()], v, c);
+            lanes.store(s, &mut st.h_next[rows], v, s.mul(o, act_c));
+            if !st.tape.is_empty() {
+                let t = &mut st.tape[b * 5 * h..(b + 1) * 5 * h];
+                for (k, x) in [i, f, g, o, act_c].into_iter().enumerate() {
+                    lanes.store(s, &mut t[k * h..], v, x);
                 }
             }
-        }
-    }
+        },
+    );
 }
 
 /// Reset-after GRU forward over the step's tiles.
@@ -370,44 +389,33 @@ fn gru_fwd<S: SimdF32, E: PanelElem>(
     kind: &GruKind,
     p: &PackedRecurrent,
     weights: &[E],
-    st: PackedStep<'_>,
+    mut st: PackedStep<'_>,
 ) {
     debug_assert!(kind.reset_after);
-    let (h, regs) = (p.hidden, TILE_UNITS / S::LANES);
+    let h = p.hidden;
     let (ra, act) = (kind.recurrent_activation, kind.activation);
-    for b in 0..st.batch {
-        let px = &st.proj[b * 3 * h..(b + 1) * 3 * h];
-        let rows = b * h..(b + 1) * h;
-        for tile in st.tiles.clone() {
-            let acc = accumulate::<S, E, 3>(s, p, weights, tile, &st.h_prev[rows.clone()]);
-            let lanes = Lanes {
-                u0: tile * TILE_UNITS,
-                n: (h - tile * TILE_UNITS).min(TILE_UNITS),
-            };
-            for v in 0..regs {
-                if v * S::LANES >= lanes.n {
-                    break;
-                }
-                let z = activate(s, ra, s.add(acc[0][v], lanes.load(s, &px[..], v)));
-                let r = activate(s, ra, s.add(acc[1][v], lanes.load(s, &px[h..], v)));
-                let cand = activate(s, act, s.fma(r, acc[2][v], lanes.load(s, &px[2 * h..], v)));
-                let hp = lanes.load(s, &st.h_prev[rows.clone()], v);
-                // z·h_prev + (1 − z)·h̃ = h̃ + z·(h_prev − h̃)
-                lanes.store(
-                    s,
-                    &mut st.h_next[rows.clone()],
-                    v,
-                    s.fma(z, s.sub(hp, cand), cand),
-                );
-                if !st.tape.is_empty() {
-                    let t = &mut st.tape[b * 4 * h..(b + 1) * 4 * h];
-                    for (k, x) in [z, r, cand, acc[2][v]].into_iter().enumerate() {
-                        lanes.store(s, &mut t[k * h..], v, x);
-                    }
+    sweep::<S, E, 3>(
+        s,
+        p,
+        weights,
+        &mut st,
+        #[inline(always)]
+        |st, b, lanes, v, acc| {
+            let (px, rows) = (&st.proj[b * 3 * h..(b + 1) * 3 * h], b * h..(b + 1) * h);
+            let z = activate(s, ra, s.add(acc[0][v], lanes.load(s, px, v)));
+            let r = activate(s, ra, s.add(acc[1][v], lanes.load(s, &px[h..], v)));
+            let cand = activate(s, act, s.fma(r, acc[2][v], lanes.load(s, &px[2 * h..], v)));
+            let hp = lanes.load(s, &st.h_prev[rows.clone()], v);
+            // z·h_prev + (1 − z)·h̃ = h̃ + z·(h_prev − h̃)
+            lanes.store(s, &mut st.h_next[rows], v, s.fma(z, s.sub(hp, cand), cand));
+            if !st.tape.is_empty() {
+                let t = &mut st.tape[b * 4 * h..(b + 1) * 4 * h];
+                for (k, x) in [z, r, cand, acc[2][v]].into_iter().enumerate() {
+                    lanes.store(s, &mut t[k * h..], v, x);
                 }
             }
-        }
-    }
+        },
+    );
 }
 
 /// SimpleRNN forward over the step's tiles.
@@ -417,30 +425,26 @@ fn simple_rnn_fwd<S: SimdF32, E: PanelElem>(
     kind: &SimpleRnnKind,
     p: &PackedRecurrent,
     weights: &[E],
-    st: PackedStep<'_>,
+    mut st: PackedStep<'_>,
 ) {
-    let (h, regs) = (p.hidden, TILE_UNITS / S::LANES);
-    for b in 0..st.batch {
-        let rows = b * h..(b + 1) * h;
-        for tile in st.tiles.clone() {
-            let acc = accumulate::<S, E, 1>(s, p, weights, tile, &st.h_prev[rows.clone()]);
-            let lanes = Lanes {
-                u0: tile * TILE_UNITS,
-                n: (h - tile * TILE_UNITS).min(TILE_UNITS),
-            };
-            for v in 0..regs {
-                if v * S::LANES >= lanes.n {
-                    break;
-                }
-                let y = activate(
-                    s,
-                    kind.activation,
-                    s.add(acc[0][v], lanes.load(s, &st.proj[rows.clone()], v)),
-                );
-                lanes.store(s, &mut st.h_next[rows.clone()], v, y);
-            }
-        }
-    }
+    let h = p.hidden;
+    sweep::<S, E, 1>(
+        s,
+        p,
+        weights,
+        &mut st,
+        #[inline(always)]
+        |st, b, lanes, v, acc| {
+            let rows = b * h..(b + 1) * h;
+            let pre = s.add(acc[0][v], lanes.load(s, &st.proj[rows.clone()], v));
+            lanes.store(
+                s,
+                &mut st.h_next[rows],
+                v,
+                activate(s, kind.activation, pre),
+            );
+        },
+    );
 }
 
 #[cfg(test)]
