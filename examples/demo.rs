@@ -105,7 +105,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     ] {
         let diff = max_abs_diff(&ours, &theirs);
         println!("    {name:<15} {diff:.2e}");
-        if !(diff < 1e-9) {
+        if diff.is_nan() || diff >= 1e-9 {
             return Err(format!("{name} differs from PyTorch by {diff:e}").into());
         }
     }
