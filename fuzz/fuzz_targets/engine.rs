@@ -22,6 +22,7 @@ struct Case {
     return_sequences: bool,
     use_bias: bool,
     with_state: bool,
+    threads: u8,
     /// Deliberately wrong lengths (0 = right).
     x_skew: i8,
     state_skew: i8,
@@ -51,7 +52,8 @@ fn run<C: Cell<f32>>(cell: &C, c: &Case) {
             Layout::TimeMajor
         })
         .go_backwards(c.go_backwards)
-        .return_sequences(c.return_sequences);
+        .return_sequences(c.return_sequences)
+        .threads(c.threads as usize % 4);
     let x = take(&c.values, t * b * cell.input_size(), c.x_skew);
     let s0 = take(
         &c.values,
