@@ -205,6 +205,15 @@ impl Cell<f64> for WrongGradient {
         self.0.step_backward(step, grads);
         grads[1][5] += 1e-4;
     }
+    fn sequence_backward(
+        &self,
+        batch: usize,
+        states: &[f64],
+        d_proj: &[f64],
+        grads: &mut [Vec<f64>],
+    ) {
+        self.0.sequence_backward(batch, states, d_proj, grads)
+    }
     fn project_backward(&self, x: &[f64], d_proj: &[f64], dx: &mut [f64], grads: &mut [Vec<f64>]) {
         self.0.project_backward(x, d_proj, dx, grads)
     }

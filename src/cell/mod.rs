@@ -180,6 +180,14 @@ pub trait Cell<T: Real>: Sync {
     fn project_backward(&self, x: &[T], d_proj: &[T], dx: &mut [T], grads: &mut [Vec<T>]) {
         let _ = (x, d_proj, dx, grads);
     }
+    /// Called once after the reverse sweep of BPTT, before [`Cell::project_backward`], with
+    /// every state snapshot `states [T + 1, S, B, H]` (snapshot `t` is the state before step
+    /// `t`, in processing order) and every step's projection gradient `d_proj [T, B, P]`: lets a
+    /// cell compute parameter gradients of the whole sequence as single matrix products rather
+    /// than one small update per step. Accumulates into `grads`.
+    fn sequence_backward(&self, batch: usize, states: &[T], d_proj: &[T], grads: &mut [Vec<T>]) {
+        let _ = (batch, states, d_proj, grads);
+    }
     /// The parameter tensors, in a fixed order.
     fn params(&self) -> Vec<Param<'_, T>>;
     /// The same tensors, mutable, same order (used by [`crate::gradcheck`] to perturb them).

@@ -209,6 +209,11 @@ pub trait CellKind: Copy + Debug + Send + Sync + 'static + private::Sealed {
     fn splittable(&self) -> bool {
         true
     }
+    /// Whether the recurrent kernel's and bias's gradients are the projection gradients against
+    /// the previous output (`∂L/∂U = Σ_t h_{t−1}ᵀ · d_proj_t`): then BPTT computes them once for
+    /// the whole sequence, as one product, instead of step by step. True for LSTM and
+    /// SimpleRNN; not for GRU, whose candidate block sees `r` inside the recurrent term.
+    const RECURRENT_GRAD_FROM_PROJECTION: bool = false;
     /// Per-row scratch width for hidden width `h`.
     fn scratch_width(&self, h: usize) -> usize {
         Self::GATES * h
@@ -338,6 +343,12 @@ impl<T: Real, K: CellKind, I: Dim, H: Dim> Cell<T> for Recurrent<T, K, I, H> {
     }
 
     fn step_backward(&self, step: StepBackward<'_, T>, grads: &mut [Vec<T>]) {
+        if K::RECURRENT_GRAD_FROM_PROJECTION {
+            // The recurrent gradients come in `sequence_backward`; the step only propagates.
+            self.kind
+                .step_backward(&self.weights, step, &mut [], &mut []);
+            return;
+        }
         let (head, tail) = grads.split_at_mut(BIAS.min(grads.len()));
         let d_rk = &mut head[RECURRENT_KERNEL];
         let d_rb: &mut [T] = match tail.get_mut(RECURRENT_BIAS - BIAS) {
@@ -345,6 +356,35 @@ impl<T: Real, K: CellKind, I: Dim, H: Dim> Cell<T> for Recurrent<T, K, I, H> {
             None => &mut [],
         };
         self.kind.step_backward(&self.weights, step, d_rk, d_rb);
+    }
+
+    fn sequence_backward(&self, batch: usize, states: &[T], d_proj: &[T], grads: &mut [Vec<T>]) {
+        if !K::RECURRENT_GRAD_FROM_PROJECTION {
+            return;
+        }
+        let (h, p) = (self.hidden_size(), K::GATES * self.hidden_size());
+        let rows = d_proj.len() / p;
+        // h_{t−1} of every step and row, stacked [T·B, H] (state 0 of each snapshot).
+        let snapshot = K::STATES * batch * h;
+        let mut h_prev = Vec::with_capacity(rows * h);
+        for t in 0..rows / batch {
+            h_prev.extend_from_slice(&states[t * snapshot..t * snapshot + batch * h]);
+        }
+        let (head, tail) = grads.split_at_mut(BIAS.min(grads.len()));
+        let d_rb: &mut [T] = match tail.get_mut(RECURRENT_BIAS - BIAS) {
+            Some(v) => v,
+            None => &mut [],
+        };
+        cpu::project_rows_backward(
+            self.weights.hidden,
+            &h_prev,
+            &self.weights.recurrent_kernel,
+            d_proj,
+            p,
+            &mut [],
+            &mut head[RECURRENT_KERNEL],
+            d_rb,
+        );
     }
 
     fn project_backward(&self, x: &[T], d_proj: &[T], dx: &mut [T], grads: &mut [Vec<T>]) {

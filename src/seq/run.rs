@@ -268,6 +268,7 @@ pub fn bptt_into<T: Real, C: Cell<T> + ?Sized>(
         );
         std::mem::swap(&mut d_next, &mut d_state);
     }
+    cell.sequence_backward(d.b, states, &d_proj, &mut grads.params);
     if d.p > 0 {
         cell.project_backward(&xs, &d_proj, &mut dxs, &mut grads.params);
     }
