@@ -43,7 +43,7 @@ use nalgebra::{DMatrix, DVector};
 use crate::activation::Activation;
 use crate::cell::{CellKind, GruKind, LstmKind, Recurrent, SimpleRnnKind};
 use crate::dim::Dim;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, check_len};
 use crate::real::Real;
 
 /// Which cell the reference runs, with its activations.
@@ -152,12 +152,12 @@ impl RefCell {
         biases: Option<(&[f64], &[f64])>,
     ) -> Result<Self> {
         let gh = kind.gates() * hidden;
-        expect_len("kernel", kernel.len(), input * gh)?;
-        expect_len("recurrent_kernel", recurrent_kernel.len(), hidden * gh)?;
+        check_len("kernel", kernel.len(), input * gh)?;
+        check_len("recurrent_kernel", recurrent_kernel.len(), hidden * gh)?;
         let (bias, recurrent_bias) = match biases {
             Some((b, u)) => {
-                expect_len("bias", b.len(), gh)?;
-                expect_len("recurrent_bias", u.len(), gh)?;
+                check_len("bias", b.len(), gh)?;
+                check_len("recurrent_bias", u.len(), gh)?;
                 (
                     Some(DVector::from_column_slice(b)),
                     Some(DVector::from_column_slice(u)),
@@ -232,7 +232,7 @@ impl RefCell {
             ("recurrent_bias", &self.recurrent_bias),
         ] {
             if let Some(b) = b {
-                expect_len(arg, b.len(), gh)?;
+                check_len(arg, b.len(), gh)?;
             }
         }
         Ok(())
@@ -389,13 +389,13 @@ pub fn backward(
 ) -> Result<RefGrads> {
     let seq = Sequences::new(cell, x, t, b, initial, go_backwards)?;
     let (i, h, s) = (cell.input, cell.hidden, cell.states());
-    expect_len(
+    check_len(
         "dy",
         dy.len(),
         if return_sequences { t * b * h } else { b * h },
     )?;
     if let Some(d) = d_final_state {
-        expect_len("d_final_state", d.len(), s * b * h)?;
+        check_len("d_final_state", d.len(), s * b * h)?;
     }
     let mut grads = RefGrads {
         dx: vec![0.0; t * b * i],
@@ -594,9 +594,9 @@ impl<'a> Sequences<'a> {
             return Err(Error::Zero { arg: "batch" });
         }
         let (i, h, s) = (cell.input, cell.hidden, cell.states());
-        expect_len("x", x.len(), t * b * i)?;
+        check_len("x", x.len(), t * b * i)?;
         if let Some(init) = initial {
-            expect_len("initial_state", init.len(), s * b * h)?;
+            check_len("initial_state", init.len(), s * b * h)?;
         }
         Ok(Self {
             x,
@@ -865,18 +865,6 @@ fn activate_derivative(act: Activation, v: f64) -> f64 {
                 0.0
             }
         }
-    }
-}
-
-fn expect_len(arg: &'static str, actual: usize, expected: usize) -> Result<()> {
-    if actual == expected {
-        Ok(())
-    } else {
-        Err(Error::Length {
-            arg,
-            expected,
-            actual,
-        })
     }
 }
 
