@@ -130,8 +130,8 @@ impl PanelElem for u16 {
                     let (w0, w1) = unsafe {
                         s.load_bf16_pairs_ptr(row.add(2 * (g * TILE_UNITS + v * S::LANES)))
                     };
-                    for r in 0..R {
-                        acc[r][g][v] = s.fma(h1[r], w1, s.fma(h0[r], w0, acc[r][g][v]));
+                    for (a, (&h0, &h1)) in acc.iter_mut().zip(h0.iter().zip(&h1)) {
+                        a[g][v] = s.fma(h1, w1, s.fma(h0, w0, a[g][v]));
                     }
                 }
             }
