@@ -33,6 +33,9 @@ pub struct PackedRecurrent {
     weights_bf16: OnceLock<Vec<u16>>,
     /// `[tiles][G][16]`, zeros without a recurrent bias.
     bias: Vec<f32>,
+    /// `recurrent_kernelᵀ` in tiles of 16 of its `H` columns, `[tiles][G·H][16]`, built on first
+    /// use by a backward step (see [`recurrent_grad`]).
+    transposed: OnceLock<Vec<f32>>,
 }
 
 /// An element type of packed panels, with the tile accumulation over its layout: `f32` panels
@@ -180,14 +183,41 @@ impl PackedRecurrent {
             weights,
             weights_bf16: OnceLock::new(),
             bias,
+            transposed: OnceLock::new(),
         }
+    }
+
+    /// Gates per unit, `G`.
+    fn gates(&self) -> usize {
+        self.bias.len() / self.tiles() / TILE_UNITS
+    }
+
+    /// The transposed panels (see [`recurrent_grad`]), built from the forward panels on first
+    /// use.
+    fn transposed(&self) -> &[f32] {
+        self.transposed.get_or_init(|| {
+            let (h, g, tiles) = (self.hidden, self.gates(), self.tiles());
+            let mut out = vec![0.0; tiles * g * h * TILE_UNITS];
+            // Forward panel element U[k, gate·H + j] → transposed element (k, gate·H + j):
+            // tile k / 16, reduction index gate·H + j, lane k % 16.
+            for k in 0..h {
+                for gate in 0..g {
+                    for j in 0..h {
+                        let (tile, u) = (j / TILE_UNITS, j % TILE_UNITS);
+                        let w = self.weights[((tile * h + k) * g + gate) * TILE_UNITS + u];
+                        let at = ((k / TILE_UNITS) * g * h + gate * h + j) * TILE_UNITS;
+                        out[at + k % TILE_UNITS] = w;
+                    }
+                }
+            }
+            out
+        })
     }
 
     /// The weights as bfloat16 in row-pair layout (see [`PanelElem`]), rounded on first use.
     pub(crate) fn weights_bf16(&self) -> &[u16] {
         self.weights_bf16.get_or_init(|| {
-            let (h, tiles) = (self.hidden, self.tiles());
-            let g = self.bias.len() / tiles / TILE_UNITS;
+            let (h, tiles, g) = (self.hidden, self.tiles(), self.gates());
             let pairs = h.div_ceil(2);
             let mut out = vec![0u16; tiles * pairs * g * TILE_UNITS * 2];
             for tile in 0..tiles {
@@ -523,6 +553,72 @@ fn simple_rnn_fwd<S: SimdF32, E: PanelElem>(
             );
         },
     );
+}
+
+/// The recurrent part of a backward step: `dh[b, :] += d[b, :] · recurrent_kernelᵀ` for rows
+/// `b < batch`, `d [B, G·H]` holding the gradients of the recurrent pre-activations and
+/// `dh [B, H]` the state gradients.
+///
+/// The transposed kernel is packed like the forward one, with the `G·H` columns as the
+/// reduction: tiles of 16 state units outer, row blocks inner, as in the forward step.
+#[inline(always)]
+pub(crate) fn recurrent_grad<S: SimdF32>(
+    s: S,
+    p: &PackedRecurrent,
+    batch: usize,
+    d: &[f32],
+    dh: &mut [f32],
+) {
+    let (h, gh) = (p.hidden, p.gates() * p.hidden);
+    assert!(d.len() >= batch * gh && dh.len() >= batch * h);
+    let panels = p.transposed();
+    let block = f32::row_block(S::LANES, 1);
+    for tile in 0..p.tiles() {
+        let panel = &panels[tile * gh * TILE_UNITS..(tile + 1) * gh * TILE_UNITS];
+        let lanes = Lanes {
+            u0: tile * TILE_UNITS,
+            n: (h - tile * TILE_UNITS).min(TILE_UNITS),
+        };
+        let mut b = 0;
+        while b < batch {
+            b += match (batch - b).min(block) {
+                8 => grad_rows::<S, 8>(s, panel, d, gh, dh, h, &lanes, b),
+                4..=7 => grad_rows::<S, 4>(s, panel, d, gh, dh, h, &lanes, b),
+                2 | 3 => grad_rows::<S, 2>(s, panel, d, gh, dh, h, &lanes, b),
+                _ => grad_rows::<S, 1>(s, panel, d, gh, dh, h, &lanes, b),
+            };
+        }
+    }
+}
+
+/// One pass of [`recurrent_grad`] over a tile for the `R` rows from `b0`; returns `R`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn grad_rows<S: SimdF32, const R: usize>(
+    s: S,
+    panel: &[f32],
+    d: &[f32],
+    gh: usize,
+    dh: &mut [f32],
+    h: usize,
+    lanes: &Lanes,
+    b0: usize,
+) -> usize {
+    let mut acc = [[[s.splat(0.0); 16]; 1]; R];
+    f32::accumulate::<S, 1, R>(
+        s,
+        panel,
+        std::array::from_fn(|r| &d[(b0 + r) * gh..(b0 + r + 1) * gh]),
+        &mut acc,
+    );
+    for (r, [acc]) in acc.iter().enumerate() {
+        let row = &mut dh[(b0 + r) * h..(b0 + r + 1) * h];
+        for v in (0..TILE_UNITS / S::LANES).take_while(|v| v * S::LANES < lanes.n) {
+            let sum = s.add(lanes.load(s, row, v), acc[v]);
+            lanes.store(s, row, v, sum);
+        }
+    }
+    R
 }
 
 #[cfg(test)]

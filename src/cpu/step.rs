@@ -192,6 +192,12 @@ fn recurrent_backward<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
 ) {
     let gh = w.gates * w.hidden.value();
     let rk = &w.recurrent_kernel;
+    let whole = col0 == 0 && n == gh && ldd == gh && ldh == w.hidden.value();
+    let dh = if whole && !dh.is_empty() && ops.recurrent_grad(w, batch, d, dh) {
+        &mut []
+    } else {
+        dh
+    };
     product_rows_backward(
         ops, w.hidden, batch, h, ldh, rk, gh, col0, d, ldd, n, dh, d_rk,
     );
