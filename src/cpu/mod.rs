@@ -17,6 +17,8 @@
 //! thread and one closure force another. `f32` kernels use explicit SIMD on AVX2 and AVX-512;
 //! `f64` kernels run the portable code compiled for the selected ISA.
 
+#[cfg(feature = "openblas")]
+pub(crate) mod blas;
 pub(crate) mod gemm;
 pub(crate) mod math;
 pub(crate) mod ops;
