@@ -303,7 +303,7 @@ impl RnnConfig {
     /// Checks the descriptor.
     ///
     /// Errors: [`Error::Zero`] for a zero size; [`Error::Invalid`] for a dropout rate outside
-    /// `[0, 1)`, `go_backwards` with two directions, or [`Merge::None`] below the last layer.
+    /// `[0, 1)`, `go_backwards` with two directions or several layers, or [`Merge::None`] below the last layer.
     pub fn validate(&self) -> Result<()> {
         check_nonzero("input_size", self.input_size)?;
         check_nonzero("hidden_size", self.hidden_size)?;
@@ -324,6 +324,14 @@ impl RnnConfig {
             return Err(Error::Invalid {
                 arg: "go_backwards",
                 reason: "a bidirectional layer already runs both ways".into(),
+            });
+        }
+        if self.go_backwards && self.num_layers > 1 {
+            return Err(Error::Invalid {
+                arg: "go_backwards",
+                reason: "a stack of go_backwards layers (each consuming the previous one's \
+                         outputs in processing order) is not supported; num_layers must be 1"
+                    .into(),
             });
         }
         if self.bidirectional && self.merge == Merge::None && self.num_layers > 1 {
