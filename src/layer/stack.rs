@@ -397,6 +397,29 @@ impl<T: Real> Rnn<T> {
         )
     }
 
+    /// The dropout masks a training run with `seed` over `batch` sequences uses for cell `n`
+    /// (`layer·D + direction`): `[B, I_layer]` on the inputs and `[B, H]` on the recurrent
+    /// state, already scaled (`0` or `1 / (1 − p)`); `None` where the rate is 0.
+    pub fn dropout_masks(
+        &self,
+        seed: u64,
+        batch: usize,
+        n: usize,
+    ) -> (Option<Vec<T>>, Option<Vec<T>>) {
+        self.masks(n, batch, seed, true)
+    }
+
+    /// The inter-layer dropout mask on layer `layer`'s merged output `[T, B, W]` in a training
+    /// run with `seed` (`None` when the rate is 0).
+    pub fn between_mask(&self, seed: u64, layer: usize, len: usize) -> Option<Vec<T>> {
+        let p = self.config.inter_layer_dropout;
+        (p > 0.0).then(|| {
+            (0..len as u64)
+                .map(|k| dropout::keep::<T>(seed, Stream::Between { layer }, k, p))
+                .collect()
+        })
+    }
+
     /// `[S, B, H]` of cell `n` from a `[S, L·D, B, H]` buffer.
     fn state_of(&self, all: &[T], n: usize, b: usize) -> Vec<T> {
         let c = &self.config;
