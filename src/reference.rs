@@ -1364,8 +1364,8 @@ pub fn stack_forward(
                     outs[dir][n][k] = state[0].clone();
                 }
                 if carries && len > 0 {
-                    for k in len..t {
-                        outs[dir][n][k] = state[0].clone();
+                    for out in &mut outs[dir][n][len..t] {
+                        *out = state[0].clone();
                     }
                 }
                 if len > 0 {

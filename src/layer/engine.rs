@@ -483,27 +483,10 @@ impl<T: Real, C: Cell<T> + ?Sized> Dir<'_, T, C> {
             if let (Some(fix), Some((dh_direct, da_z))) = (&self.fix, fix_terms) {
                 // ∂a_z enters the z block's input projection (through d_proj) and its
                 // recurrent product with the dropped state.
-                let gh = fix.gh;
                 for k in 0..a {
                     let dpr = &mut d_proj[(rows.start + k) * p + fix.z_col..][..h];
                     for u in 0..h {
                         dpr[u] += da_z[k * h + u];
-                    }
-                    let hm = &state[k * h..(k + 1) * h];
-                    for r in 0..h {
-                        let urow = &fix.recurrent_kernel[r * gh + fix.z_col..][..h];
-                        let mut acc = T::ZERO;
-                        for u in 0..h {
-                            acc += urow[u] * da_z[k * h + u];
-                        }
-                        d_state[k * h + r] += acc;
-                    }
-                    let g = &mut grads[fix.rk_index];
-                    for r in 0..h {
-                        let grow = &mut g[r * gh + fix.z_col..][..h];
-                        for u in 0..h {
-                            grow[u] += hm[r] * da_z[k * h + u];
-                        }
                     }
                     if let Some(rb) = fix.rb_index {
                         let gb = &mut grads[rb][fix.z_col..][..h];
@@ -512,6 +495,19 @@ impl<T: Real, C: Cell<T> + ?Sized> Dir<'_, T, C> {
                         }
                     }
                 }
+                // Its recurrent product, as matrix products over the step's rows:
+                // ∂h_m += ∂a_z · U_zᵀ, ∂U_z += h_mᵀ · ∂a_z.
+                crate::cpu::gate_block_backward(
+                    h,
+                    a,
+                    state,
+                    fix.recurrent_kernel,
+                    fix.gh,
+                    fix.z_col,
+                    &da_z,
+                    &mut d_state[..a * h],
+                    &mut grads[fix.rk_index],
+                );
                 // The dropped state's gradient is multiplied by the mask below; the direct
                 // path is added after that.
                 if let Some(m) = self.rec_mask {

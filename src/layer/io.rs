@@ -194,7 +194,7 @@ pub fn from_tensors<T: Real>(
                     bias_ih: v.next(),
                     bias_hh: v.next(),
                 };
-                build(config.cell, |k| k.from_torch(input, hidden, &w))?
+                build(config.cell, |k| k.build_torch(input, hidden, &w))?
             }
             _ => {
                 let w = KerasWeights {
@@ -202,7 +202,7 @@ pub fn from_tensors<T: Real>(
                     recurrent_kernel: v.next().expect("listed"),
                     bias: v.next(),
                 };
-                build(config.cell, |k| k.from_keras(input, hidden, &w))?
+                build(config.cell, |k| k.build_keras(input, hidden, &w))?
             }
         };
         cells.push(cell);
@@ -224,17 +224,17 @@ fn build<T: Real>(
 
 /// The layout conversions of one cell kind, object-safe.
 trait KindOps<T: Real> {
-    fn from_torch(&self, i: Dyn, h: Dyn, w: &TorchWeights<T>) -> Result<AnyCell<T>>;
-    fn from_keras(&self, i: Dyn, h: Dyn, w: &KerasWeights<T>) -> Result<AnyCell<T>>;
+    fn build_torch(&self, i: Dyn, h: Dyn, w: &TorchWeights<T>) -> Result<AnyCell<T>>;
+    fn build_keras(&self, i: Dyn, h: Dyn, w: &KerasWeights<T>) -> Result<AnyCell<T>>;
 }
 
 macro_rules! kind_ops {
     ($kind:ty, $variant:ident) => {
         impl<T: Real> KindOps<T> for $kind {
-            fn from_torch(&self, i: Dyn, h: Dyn, w: &TorchWeights<T>) -> Result<AnyCell<T>> {
+            fn build_torch(&self, i: Dyn, h: Dyn, w: &TorchWeights<T>) -> Result<AnyCell<T>> {
                 Ok(AnyCell::$variant(Recurrent::from_torch(i, h, *self, w)?))
             }
-            fn from_keras(&self, i: Dyn, h: Dyn, w: &KerasWeights<T>) -> Result<AnyCell<T>> {
+            fn build_keras(&self, i: Dyn, h: Dyn, w: &KerasWeights<T>) -> Result<AnyCell<T>> {
                 Ok(AnyCell::$variant(Recurrent::from_keras(i, h, *self, w)?))
             }
         }

@@ -318,14 +318,12 @@ impl<T: Real> Rnn<T> {
         if let Some(s) = initial_state {
             check_len("initial_state", s.len(), z.state_len)?;
         }
-        if let Some(n) = tape_len {
-            if n < z.tape_len() {
-                return Err(Error::Length {
-                    arg: "tape",
-                    expected: z.tape_len(),
-                    actual: n,
-                });
-            }
+        if let Some(n) = tape_len.filter(|&n| n < z.tape_len()) {
+            return Err(Error::Length {
+                arg: "tape",
+                expected: z.tape_len(),
+                actual: n,
+            });
         }
         Ok(())
     }
@@ -516,7 +514,11 @@ impl<T: Real> Rnn<T> {
                 if !plan.full {
                     p3.fill(T::ZERO);
                 }
-                let rec = training.then(|| [&mut **p0, &mut **p1, &mut **p2]);
+                let rec = if training {
+                    Some([&mut **p0, &mut **p1, &mut **p2])
+                } else {
+                    None
+                };
                 engine.forward(&input, &init, p3, p4, rec);
                 if !plan.full && carries_output(c, dir, rs_l) {
                     for k in 0..b {
