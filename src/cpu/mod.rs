@@ -473,3 +473,35 @@ pub(crate) fn init_with_bias<T: Real>(out: &mut [T], bias: &[T]) {
         out.copy_from_slice(&bias[..out.len()]);
     }
 }
+
+/// `dx[r] += d[r] · w[:, col0..col0 + k]ᵀ` and `dw[:, col0..col0 + k] += x[:rows]ᵀ · d` for
+/// `rows` rows of width `k` (`w` rows `ldw` apart): the backward of one gate block's product,
+/// used by the layers' recurrent-dropout correction.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gate_block_backward<T: Real>(
+    k: usize,
+    rows: usize,
+    x: &[T],
+    w: &[T],
+    ldw: usize,
+    col0: usize,
+    d: &[T],
+    dx: &mut [T],
+    dw: &mut [T],
+) {
+    step::product_rows_backward(
+        ScalarOps,
+        crate::dim::Dyn(k),
+        rows,
+        x,
+        k,
+        w,
+        ldw,
+        col0,
+        d,
+        k,
+        k,
+        dx,
+        dw,
+    );
+}
