@@ -388,6 +388,55 @@ pub(crate) fn lstm_bwd<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
     );
 }
 
+/// One batch row of the GRU backward gate step, the part both variants share: from the
+/// record's `z` and candidate `cand`, the previous state and the state gradient `dh`, the
+/// update and candidate pre-activation gradients `da_z`, `da_n` and the direct part of the
+/// previous state's gradient `d_state = dh · z`; `d_ra`, `d_act` the derivatives of the gate and
+/// candidate activations from their outputs. Rows arrive as separate arguments so that the
+/// compiler knows they do not overlap and vectorises the loop.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn gru_grad_row<T: Real>(
+    d_ra: impl Fn(T) -> T,
+    d_act: impl Fn(T) -> T,
+    z: &[T],
+    cand: &[T],
+    h_prev: &[T],
+    dh: &[T],
+    da_z: &mut [T],
+    da_n: &mut [T],
+    d_state: &mut [T],
+) {
+    let h = dh.len();
+    let (z, cand, h_prev) = (&z[..h], &cand[..h], &h_prev[..h]);
+    let (da_z, da_n, d_state) = (&mut da_z[..h], &mut da_n[..h], &mut d_state[..h]);
+    for j in 0..h {
+        let (zj, cj, dhj) = (z[j], cand[j], dh[j]);
+        da_z[j] = dhj * (h_prev[j] - cj) * d_ra(zj);
+        da_n[j] = dhj * (T::ONE - zj) * d_act(cj);
+        d_state[j] = dhj * zj;
+    }
+}
+
+/// The reset-after GRU's reset gradient `da_r = dn · rec_n · r'` and the recurrent candidate
+/// term's gradient `d_rec_n = dn · r`, for one batch row (`rec_n` the recorded recurrent term).
+#[inline(always)]
+fn gru_reset_after_row<T: Real>(
+    d_ra: impl Fn(T) -> T,
+    r: &[T],
+    rec_n: &[T],
+    dn: &[T],
+    da_r: &mut [T],
+    d_rec_n: &mut [T],
+) {
+    let h = da_r.len();
+    let (r, rec_n, dn, d_rec_n) = (&r[..h], &rec_n[..h], &dn[..h], &mut d_rec_n[..h]);
+    for j in 0..h {
+        da_r[j] = dn[j] * rec_n[j] * d_ra(r[j]);
+        d_rec_n[j] = dn[j] * r[j];
+    }
+}
+
 /// `d[j] = dy[j] · act'(y[j])` with `d_act` the derivative from the output.
 #[inline(always)]
 fn scale_by_derivative<T: Real>(d_act: impl Fn(T) -> T, dy: &[T], y: &[T], d: &mut [T]) {
@@ -513,27 +562,44 @@ pub(crate) fn gru_bwd<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
     // and its gradient.
     let (d_rec, rh) = s.scratch.split_at_mut(s.batch * gh);
     let da = &mut *s.d_proj;
+    // The default activations get copies of the loops with their derivatives inlined, which
+    // the compiler vectorises; the others keep the per-element match.
+    let default = (ra, act) == (Activation::Sigmoid, Activation::Tanh);
+    let (d_sig, d_tanh) = (|y: T| y * (T::ONE - y), |y: T| T::ONE - y * y);
+    let (d_ra, d_act) = (
+        |y| ra.derivative_from_output(y),
+        |y| act.derivative_from_output(y),
+    );
     for b in 0..s.batch {
         let t = &s.tape[b * tw..(b + 1) * tw];
-        for j in 0..h {
-            let (z, cand, i) = (t[UPDATE * h + j], t[CANDIDATE * h + j], b * h + j);
-            let dh = s.d_next[i];
-            da[b * gh + UPDATE * h + j] = dh * (s.state[i] - cand) * ra.derivative_from_output(z);
-            da[b * gh + CANDIDATE * h + j] = dh * (T::ONE - z) * act.derivative_from_output(cand);
-            s.d_state[i] = dh * z;
+        let rows = b * h..(b + 1) * h;
+        let (h_prev, dh, ds) = (
+            &s.state[rows.clone()],
+            &s.d_next[rows.clone()],
+            &mut s.d_state[rows],
+        );
+        let row = &mut da[b * gh..(b + 1) * gh];
+        let (da_zr, da_n) = row.split_at_mut(CANDIDATE * h);
+        let da_z = &mut da_zr[UPDATE * h..(UPDATE + 1) * h];
+        let (z, cand) = (&t[UPDATE * h..][..h], &t[CANDIDATE * h..][..h]);
+        if default {
+            gru_grad_row(d_sig, d_tanh, z, cand, h_prev, dh, da_z, da_n, ds);
+        } else {
+            gru_grad_row(d_ra, d_act, z, cand, h_prev, dh, da_z, da_n, ds);
         }
     }
     if kind.reset_after {
         for b in 0..s.batch {
             let t = &s.tape[b * tw..(b + 1) * tw];
-            for j in 0..h {
-                let (r, rec_n, dn) = (
-                    t[RESET * h + j],
-                    t[3 * h + j],
-                    da[b * gh + CANDIDATE * h + j],
-                );
-                da[b * gh + RESET * h + j] = dn * rec_n * ra.derivative_from_output(r);
-                d_rec[b * gh + CANDIDATE * h + j] = dn * r;
+            let (r, rec_n) = (&t[RESET * h..][..h], &t[3 * h..][..h]);
+            let row = &mut da[b * gh..(b + 1) * gh];
+            let (da_zr, dn) = row.split_at_mut(CANDIDATE * h);
+            let da_r = &mut da_zr[RESET * h..(RESET + 1) * h];
+            let d_rec_n = &mut d_rec[b * gh + CANDIDATE * h..][..h];
+            if default {
+                gru_reset_after_row(d_sig, r, rec_n, dn, da_r, d_rec_n);
+            } else {
+                gru_reset_after_row(d_ra, r, rec_n, dn, da_r, d_rec_n);
             }
         }
     } else {
