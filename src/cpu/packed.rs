@@ -77,20 +77,77 @@ impl PanelElem for f32 {
         h_prev: [&[f32]; R],
         acc: &mut [[[S::V; 16]; G]; R],
     ) {
-        let regs = TILE_UNITS / S::LANES;
         let len = h_prev[0].len();
         let h_prev = h_prev.map(|r| &r[..len]);
         assert!(panel.len() >= len * G * TILE_UNITS);
-        for k in 0..len {
-            let hk: [S::V; R] = std::array::from_fn(|r| s.splat(h_prev[r][k]));
-            let row = panel[k * G * TILE_UNITS..].as_ptr();
-            for g in 0..G {
-                for v in 0..regs {
-                    // SAFETY: (k·G + g)·16 + v·LANES + LANES ≤ len·G·16 ≤ panel.len().
-                    let w = unsafe { s.load_ptr(row.add(g * TILE_UNITS + v * S::LANES)) };
-                    for (a, &h) in acc.iter_mut().zip(&hk) {
-                        a[g][v] = s.fma(h, w, a[g][v]);
-                    }
+        let split = independent_sets(R * G * TILE_UNITS / S::LANES);
+        if split == 1 {
+            for k in 0..len {
+                fma_row(s, panel, k, &h_prev, acc);
+            }
+            return;
+        }
+        // Row k of the reduction goes to set k mod split, the sets are added at the end.
+        let mut sets = [[[[s.splat(0.0); 16]; G]; R]; 4];
+        let whole = len / split * split;
+        for k0 in (0..whole).step_by(split) {
+            for (q, set) in sets.iter_mut().enumerate().take(split) {
+                fma_row(s, panel, k0 + q, &h_prev, set);
+            }
+        }
+        for k in whole..len {
+            fma_row(s, panel, k, &h_prev, &mut sets[0]);
+        }
+        add_sets(s, &sets[..split], acc);
+    }
+}
+
+/// Accumulator sets a pass over a panel keeps so that at least four independent FMA chains
+/// are in flight (an FMA's latency is about four times its issue interval), given the
+/// `chains` accumulators of one set.
+fn independent_sets(chains: usize) -> usize {
+    match chains {
+        0 | 1 => 4,
+        2 | 3 => 2,
+        _ => 1,
+    }
+}
+
+/// `acc[r][g][v] += h[r][k] · U[k, gate g, register v]` for reduction row `k` of an `f32` tile
+/// panel holding at least `k + 1` rows.
+#[inline(always)]
+fn fma_row<S: SimdF32, const G: usize, const R: usize>(
+    s: S,
+    panel: &[f32],
+    k: usize,
+    h: &[&[f32]; R],
+    acc: &mut [[[S::V; 16]; G]; R],
+) {
+    let hk: [S::V; R] = std::array::from_fn(|r| s.splat(h[r][k]));
+    let row = &panel[k * G * TILE_UNITS..(k + 1) * G * TILE_UNITS];
+    for g in 0..G {
+        for v in 0..TILE_UNITS / S::LANES {
+            // SAFETY: g·16 + v·LANES + LANES ≤ G·16 = row.len().
+            let w = unsafe { s.load_ptr(row.as_ptr().add(g * TILE_UNITS + v * S::LANES)) };
+            for (a, &h) in acc.iter_mut().zip(&hk) {
+                a[g][v] = s.fma(h, w, a[g][v]);
+            }
+        }
+    }
+}
+
+/// `acc += Σ sets`, set by set in order.
+#[inline(always)]
+fn add_sets<S: SimdF32, const G: usize, const R: usize>(
+    s: S,
+    sets: &[[[[S::V; 16]; G]; R]],
+    acc: &mut [[[S::V; 16]; G]; R],
+) {
+    for set in sets {
+        for (a, b) in acc.iter_mut().zip(set) {
+            for (ag, bg) in a.iter_mut().zip(b) {
+                for (x, &y) in ag.iter_mut().zip(bg).take(TILE_UNITS / S::LANES) {
+                    *x = s.add(*x, y);
                 }
             }
         }
@@ -116,25 +173,65 @@ impl PanelElem for u16 {
         h_prev: [&[f32]; R],
         acc: &mut [[[S::V; 16]; G]; R],
     ) {
-        let regs = TILE_UNITS / S::LANES;
         let len = h_prev[0].len();
         let h_prev = h_prev.map(|r| &r[..len]);
         let pairs = len.div_ceil(2);
         assert!(panel.len() >= pairs * G * TILE_UNITS * 2);
-        for m in 0..pairs {
-            let h0: [S::V; R] = std::array::from_fn(|r| s.splat(h_prev[r][2 * m]));
-            // An odd length pads the last pair with zero weights; its row contributes 0·0.
-            let h1: [S::V; R] =
-                std::array::from_fn(|r| s.splat(h_prev[r].get(2 * m + 1).copied().unwrap_or(0.0)));
-            let row = panel[m * G * TILE_UNITS * 2..].as_ptr();
-            for g in 0..G {
-                for v in 0..regs {
-                    // SAFETY: (m·G + g)·32 + 2·(v·LANES + LANES) ≤ pairs·G·32 ≤ panel.len().
-                    let (w0, w1) = unsafe {
-                        s.load_bf16_pairs_ptr(row.add(2 * (g * TILE_UNITS + v * S::LANES)))
-                    };
+        if independent_sets(R * G * TILE_UNITS / S::LANES) == 1 {
+            for m in 0..pairs {
+                fma_pair(s, panel, m, &h_prev, acc, None);
+            }
+            return;
+        }
+        // The two rows of a pair go to two sets; with very few accumulators, alternate pairs
+        // go to a second two.
+        let mut sets = [[[[s.splat(0.0); 16]; G]; R]; 4];
+        let [s0, s1, s2, s3] = &mut sets;
+        let whole = pairs / 2 * 2;
+        for m in (0..whole).step_by(2) {
+            fma_pair(s, panel, m, &h_prev, s0, Some(&mut *s1));
+            fma_pair(s, panel, m + 1, &h_prev, s2, Some(&mut *s3));
+        }
+        if whole < pairs {
+            fma_pair(s, panel, whole, &h_prev, s0, Some(&mut *s1));
+        }
+        add_sets(s, &sets, acc);
+    }
+}
+
+/// `acc[r][g][v] += h[r][2m] · U[2m, …] + h[r][2m + 1] · U[2m + 1, …]` for pair `m` of a
+/// bfloat16 tile panel holding at least `m + 1` pairs; with `odd`, the second row's terms go
+/// there instead, an independent chain.
+#[inline(always)]
+fn fma_pair<S: SimdF32, const G: usize, const R: usize>(
+    s: S,
+    panel: &[u16],
+    m: usize,
+    h: &[&[f32]; R],
+    acc: &mut [[[S::V; 16]; G]; R],
+    mut odd: Option<&mut [[[S::V; 16]; G]; R]>,
+) {
+    let h0: [S::V; R] = std::array::from_fn(|r| s.splat(h[r][2 * m]));
+    // An odd length pads the last pair with zero weights; its row contributes 0·0.
+    let h1: [S::V; R] =
+        std::array::from_fn(|r| s.splat(h[r].get(2 * m + 1).copied().unwrap_or(0.0)));
+    let row = &panel[m * G * TILE_UNITS * 2..(m + 1) * G * TILE_UNITS * 2];
+    for g in 0..G {
+        for v in 0..TILE_UNITS / S::LANES {
+            // SAFETY: 2·(g·16 + v·LANES + LANES) ≤ 2·G·16 = row.len().
+            let (w0, w1) = unsafe {
+                s.load_bf16_pairs_ptr(row.as_ptr().add(2 * (g * TILE_UNITS + v * S::LANES)))
+            };
+            match odd.as_deref_mut() {
+                None => {
                     for (a, (&h0, &h1)) in acc.iter_mut().zip(h0.iter().zip(&h1)) {
                         a[g][v] = s.fma(h1, w1, s.fma(h0, w0, a[g][v]));
+                    }
+                }
+                Some(b) => {
+                    for (r, (&h0, &h1)) in h0.iter().zip(&h1).enumerate() {
+                        acc[r][g][v] = s.fma(h0, w0, acc[r][g][v]);
+                        b[r][g][v] = s.fma(h1, w1, b[r][g][v]);
                     }
                 }
             }
