@@ -14,6 +14,9 @@
 //!   [`Rnn::forward_train`] (records a tape of [`Rnn::tape_len`] elements), and [`Rnn::bptt`]
 //!   (gradients into an [`RnnGrads`]). A [`RunSpec`] carries what changes per call: `T`, `B`,
 //!   the layout, the sequence lengths and the dropout seed.
+//! - Across calls: [`StatefulRnn`] carries the final states into the next call (Keras's
+//!   `stateful=True`), and [`Rnn::tbptt`] runs truncated BPTT with a [`Tbptt`] `(k1, k2)`
+//!   schedule over a long sequence (module [`stateful`]).
 //!
 //! # Shapes
 //! With `L` layers, `D` directions (2 when bidirectional), `S` state tensors (2 for LSTM):
@@ -44,6 +47,15 @@
 //!   [`RnnConfig::inter_layer_dropout`] is PyTorch's: a fresh mask per element of every
 //!   layer's merged output but the last's.
 //!
+//! # Stateful runs and truncated BPTT
+//! A [`StatefulRnn`] starts every call from the final states of the previous one, every
+//! layer and direction from its own (Keras's semantics, also for a stateful `Bidirectional`,
+//! whose backward direction thus starts each chunk from the state it reached going backwards
+//! through the previous chunk). [`Rnn::tbptt`] is Williams & Peng's truncated BPTT: every
+//! `k1` steps, the errors of those `k1` steps are backpropagated through the last `k2` steps
+//! (errors outside that window are dropped when `k2 < k1`; windows overlap when `k2 > k1`),
+//! the state at the window's start taken as a constant; `k1 = k2 = T` is full BPTT.
+//!
 //! # Example
 //! ```
 //! use fused_rnn::layer::{CellConfig, Merge, Rnn, RnnConfig, RunSpec, RnnGrads};
@@ -71,8 +83,10 @@ mod dropout;
 mod engine;
 pub mod io;
 mod stack;
+pub mod stateful;
 
 pub use stack::{RnnGrads, lengths_from_mask};
+pub use stateful::{StatefulRnn, Tbptt, TbpttUpdate};
 
 use crate::activation::Activation;
 use crate::cell::{
