@@ -27,6 +27,8 @@ use fused_rnn::real::Real;
 use safetensors::SafeTensors;
 
 type Res<T> = std::result::Result<T, String>;
+/// Tensors by name: shape and values.
+type Tensors<T> = HashMap<String, (Vec<usize>, Vec<T>)>;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -95,7 +97,7 @@ fn run(weights: &str, input: &str, out_weights: &str, out_y: &str) -> Res<()> {
 }
 
 /// The tensors of a safetensors file as `T`, by name.
-fn tensors<T: Real>(bytes: &[u8]) -> Res<HashMap<String, (Vec<usize>, Vec<T>)>> {
+fn tensors<T: Real>(bytes: &[u8]) -> Res<Tensors<T>> {
     let st = SafeTensors::deserialize(bytes).map_err(|e| e.to_string())?;
     let mut out = HashMap::new();
     for (name, v) in st.tensors() {
