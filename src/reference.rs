@@ -1252,7 +1252,7 @@ pub struct RefStack {
     pub bidirectional: bool,
     /// Merge of the two directions.
     pub merge: RefMerge,
-    /// Keras `go_backwards` (one direction, one layer).
+    /// Keras `go_backwards` on every layer (one direction; no padding with several layers).
     pub go_backwards: bool,
     /// Every output, or the last.
     pub return_sequences: bool,
@@ -1296,6 +1296,12 @@ pub fn stack_forward(
     check_len("x", x.len(), t * b * stack.cells[0].input)?;
     if let Some(init) = initial {
         check_len("initial_state", init.len(), s * ld * b * h)?;
+    }
+    if stack.go_backwards && stack.layers > 1 && lengths.iter().any(|&n| n != t) {
+        return Err(Error::Invalid {
+            arg: "lengths",
+            reason: "a stack of go_backwards layers takes no padding".into(),
+        });
     }
     let keras = stack.mask_semantics == RefMaskSemantics::Keras;
     let mut final_state = vec![0.0; s * ld * b * h];
@@ -1379,7 +1385,14 @@ pub fn stack_forward(
         if !last_layer {
             for n in 0..b {
                 for k in 0..t {
-                    let mut v = merge(stack.merge, &outs[0][n][k], outs.get(1).map(|o| &o[n][k]));
+                    // A go_backwards layer returns its outputs in processing order: the
+                    // next layer's input step k is the output after consuming step T-1-k.
+                    let src = if stack.go_backwards { t - 1 - k } else { k };
+                    let mut v = merge(
+                        stack.merge,
+                        &outs[0][n][src],
+                        outs.get(1).map(|o| &o[n][src]),
+                    );
                     if let Some(m) = dropout.and_then(|d| d.between.get(layer)?.as_ref()) {
                         let w = v.len();
                         v.component_mul_assign(&DVector::from_column_slice(

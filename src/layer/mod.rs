@@ -36,7 +36,13 @@
 //!   mask): padded steps are never computed and their inputs get gradient exactly 0. States
 //!   stop at each sequence's last real step. Outputs at padded steps follow
 //!   [`MaskSemantics`].
-//! - `go_backwards` (one direction only): Keras's — the outputs come back in processing order.
+//! - `go_backwards` (one direction only): Keras's — every layer consumes its input backwards
+//!   and returns its outputs in processing order, which the next layer takes as its input
+//!   sequence (so layer 1 of a `go_backwards` stack runs in source time order). Stacks of
+//!   more than one such layer take no padding: Keras propagates the mask unreversed to the
+//!   next layer, whose input *is* reversed, so the next layer would skip real steps and run on
+//!   padding — well defined, but not a masking anyone means ([`Error::Invalid`] names
+//!   `lengths`). A `Bidirectional` of `go_backwards` layers is refused, as Keras refuses it.
 //! - Dropout ([`RnnConfig::dropout`], [`RnnConfig::recurrent_dropout`]), in training only, with
 //!   Keras's semantics: one mask per sequence and feature, drawn from [`RunSpec::seed`] and
 //!   reused at every step, separately for every layer and direction; the input mask is applied
@@ -202,8 +208,10 @@ pub struct RnnConfig {
     pub merge: Merge,
     /// Whether the cells have biases.
     pub use_bias: bool,
-    /// Keras `go_backwards` (one direction only): consume time backwards and return outputs
-    /// in processing order.
+    /// Keras `go_backwards` (one direction only), on every layer: each layer consumes its
+    /// input sequence backwards and returns its outputs in processing order (so the next
+    /// layer's input is in reverse time). A stack of several such layers takes no padding
+    /// (see [`Rnn::forward`]).
     pub go_backwards: bool,
     /// Return every step's output, or the last one.
     pub return_sequences: bool,
@@ -317,7 +325,7 @@ impl RnnConfig {
     /// Checks the descriptor.
     ///
     /// Errors: [`Error::Zero`] for a zero size; [`Error::Invalid`] for a dropout rate outside
-    /// `[0, 1)`, `go_backwards` with two directions or several layers, or [`Merge::None`] below the last layer.
+    /// `[0, 1)`, `go_backwards` with two directions, or [`Merge::None`] below the last layer.
     pub fn validate(&self) -> Result<()> {
         check_nonzero("input_size", self.input_size)?;
         check_nonzero("hidden_size", self.hidden_size)?;
@@ -337,14 +345,8 @@ impl RnnConfig {
         if self.bidirectional && self.go_backwards {
             return Err(Error::Invalid {
                 arg: "go_backwards",
-                reason: "a bidirectional layer already runs both ways".into(),
-            });
-        }
-        if self.go_backwards && self.num_layers > 1 {
-            return Err(Error::Invalid {
-                arg: "go_backwards",
-                reason: "a stack of go_backwards layers (each consuming the previous one's \
-                         outputs in processing order) is not supported; num_layers must be 1"
+                reason: "a bidirectional layer already runs both ways (Keras refuses a \
+                         Bidirectional wrapper of a go_backwards layer too)"
                     .into(),
             });
         }
