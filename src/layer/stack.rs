@@ -267,7 +267,7 @@ fn merge_row_back<T: Real>(
 /// order, that is reversed: so layers 0, 2, 4, … run backwards over what they read, and
 /// layers 1, 3, … forwards over it (and their outputs already are in the order Keras returns).
 fn reverses(c: &RnnConfig, layer: usize) -> bool {
-    c.go_backwards && layer % 2 == 0
+    c.go_backwards && layer.is_multiple_of(2)
 }
 
 /// Multiplies layer `layer`'s stored merged output `[T, B·W]` (or its gradient) by the
