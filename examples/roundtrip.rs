@@ -14,7 +14,9 @@
 //! - `INPUT`: `x` `[B, T, I]` (batch first) and optionally `h0` (and `c0` for LSTM)
 //!   `[L·D, B, H]`.
 //! - `OUT_WEIGHTS`: the loaded stack's weights saved back in PyTorch's names and layouts.
-//! - `OUT_Y`: the stack's outputs `y` `[B, T, D·H]`, `h_n` (and `c_n`) `[L·D, B, H]`.
+//! - `OUT_Y`: the stack's outputs `y` `[B, T, D·H]`, `h_n` (and `c_n`) `[L·D, B, H]`, and
+//!   every layer `k`'s weights in ONNX's layout ([`io::to_onnx`]): `onnx.l{k}.W`,
+//!   `onnx.l{k}.R` and (with biases) `onnx.l{k}.B`.
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -166,6 +168,29 @@ fn go<T: Real>(
             shape: vec![ld, b, h],
             data: fin[k * one..(k + 1) * one].to_vec(),
         });
+    }
+    // Every layer's weights in ONNX's layout, for a check against an ONNX runtime.
+    let (g, d) = (config.cell.gates(), config.directions());
+    for layer in 0..config.num_layers {
+        let o = io::to_onnx(&rnn, layer).map_err(|e| e.to_string())?;
+        let i = config.layer_input_size(layer);
+        outs.push(NamedTensor {
+            name: format!("onnx.l{layer}.W"),
+            shape: vec![d, g * h, i],
+            data: o.w,
+        });
+        outs.push(NamedTensor {
+            name: format!("onnx.l{layer}.R"),
+            shape: vec![d, g * h, h],
+            data: o.r,
+        });
+        if let Some(b) = o.b {
+            outs.push(NamedTensor {
+                name: format!("onnx.l{layer}.B"),
+                shape: vec![d, 2 * g * h],
+                data: b,
+            });
+        }
     }
     let bytes =
         io::save_named(&outs, Framework::Torch, config.cell.name()).map_err(|e| e.to_string())?;
