@@ -53,6 +53,12 @@
 //!   [`RnnConfig::inter_layer_dropout`] is PyTorch's: a fresh mask per element of every
 //!   layer's merged output but the last's.
 //!
+//! # Threads
+//! The layer path runs on the calling thread: [`RunSpec`] has no thread count, and the
+//! tile-split steps of [`crate::seq`] (`SeqSpec::threads`) are not used here, because the
+//! active batch shrinks step by step. (The two directions of a bidirectional layer are
+//! independent and could run side by side; they do not yet.)
+//!
 //! # Stateful runs and truncated BPTT
 //! A [`StatefulRnn`] starts every call from the final states of the previous one, every
 //! layer and direction from its own (Keras's semantics, also for a stateful `Bidirectional`,
