@@ -1252,7 +1252,7 @@ pub struct RefStack {
     pub bidirectional: bool,
     /// Merge of the two directions.
     pub merge: RefMerge,
-    /// Keras `go_backwards` (one direction, one layer).
+    /// Keras `go_backwards` on every layer (one direction; no padding with several layers).
     pub go_backwards: bool,
     /// Every output, or the last.
     pub return_sequences: bool,
@@ -1296,6 +1296,12 @@ pub fn stack_forward(
     check_len("x", x.len(), t * b * stack.cells[0].input)?;
     if let Some(init) = initial {
         check_len("initial_state", init.len(), s * ld * b * h)?;
+    }
+    if stack.go_backwards && stack.layers > 1 && lengths.iter().any(|&n| n != t) {
+        return Err(Error::Invalid {
+            arg: "lengths",
+            reason: "a stack of go_backwards layers takes no padding".into(),
+        });
     }
     let keras = stack.mask_semantics == RefMaskSemantics::Keras;
     let mut final_state = vec![0.0; s * ld * b * h];
@@ -1379,7 +1385,14 @@ pub fn stack_forward(
         if !last_layer {
             for n in 0..b {
                 for k in 0..t {
-                    let mut v = merge(stack.merge, &outs[0][n][k], outs.get(1).map(|o| &o[n][k]));
+                    // A go_backwards layer returns its outputs in processing order: the
+                    // next layer's input step k is the output after consuming step T-1-k.
+                    let src = if stack.go_backwards { t - 1 - k } else { k };
+                    let mut v = merge(
+                        stack.merge,
+                        &outs[0][n][src],
+                        outs.get(1).map(|o| &o[n][src]),
+                    );
                     if let Some(m) = dropout.and_then(|d| d.between.get(layer)?.as_ref()) {
                         let w = v.len();
                         v.component_mul_assign(&DVector::from_column_slice(
@@ -1424,4 +1437,100 @@ pub fn stack_forward(
         }
     }
     Ok(RefRun { y, final_state })
+}
+
+/// One side of [`stack_tbptt_objective`]: a stack, its input `[T, B, I]` and initial state
+/// `[S, L, B, H]` (zeros when `None`).
+#[derive(Debug, Clone, Copy)]
+pub struct RefTbpttSide<'a> {
+    /// The stack.
+    pub stack: &'a RefStack,
+    /// Time-major input.
+    pub x: &'a [f64],
+    /// Initial state.
+    pub initial: Option<&'a [f64]>,
+}
+
+/// The objective whose gradient truncated BPTT(`k1`, `k2`) computes (see
+/// [`crate::layer::Tbptt`]), written out update by update: for every update ending at
+/// `t_e` (each multiple of `k1`, and `T`), with `t_w = max(0, t_e − k2)`,
+///
+/// `Σ_{s ∈ [max(t_e − k1, t_w), t_e)} dy[s] · y_w[s]` (`+ d_final · final_w` at the last),
+///
+/// where `y_w` and `final_w` are the run of `live` over the window's steps `[t_w, t_e)`
+/// (lengths clipped to it) from the state at `t_w`. That state is `live`'s initial state when
+/// `t_w = 0`, and otherwise the final state of a run of `frozen` over the first `t_w` steps:
+/// a constant of the differentiation, so the derivative of this objective with respect to
+/// `live`'s weights, input and initial state is the truncated gradient (`frozen` is `live`
+/// unperturbed). The stack must run forward in time and return sequences; `dy` is time-major
+/// `[T, B, H]`, `d_final` `[S, L, B, H]`.
+#[allow(clippy::too_many_arguments)]
+pub fn stack_tbptt_objective(
+    frozen: RefTbpttSide<'_>,
+    live: RefTbpttSide<'_>,
+    t: usize,
+    b: usize,
+    lengths: &[usize],
+    dropout: Option<&RefDropout>,
+    (k1, k2): (usize, usize),
+    dy: &[f64],
+    d_final: Option<&[f64]>,
+) -> Result<f64> {
+    crate::error::check_nonzero("k1", k1)?;
+    crate::error::check_nonzero("k2", k2)?;
+    let i = live.stack.cells[0].input;
+    let h = live.stack.cells[0].hidden;
+    check_len("dy", dy.len(), t * b * h)?;
+    let clip = |from: usize, to: usize| -> Vec<usize> {
+        lengths
+            .iter()
+            .map(|&n| n.saturating_sub(from).min(to - from))
+            .collect()
+    };
+    let mut objective = 0.0;
+    let mut end = 0;
+    while end < t {
+        let start = end;
+        end = (end + k1).min(t);
+        let window = end.saturating_sub(k2);
+        let state = if window == 0 {
+            live.initial.map(<[f64]>::to_vec)
+        } else {
+            let run = stack_forward(
+                frozen.stack,
+                &frozen.x[..window * b * i],
+                window,
+                b,
+                &clip(0, window),
+                frozen.initial,
+                dropout,
+            )?;
+            Some(run.final_state)
+        };
+        let run = stack_forward(
+            live.stack,
+            &live.x[window * b * i..end * b * i],
+            end - window,
+            b,
+            &clip(window, end),
+            state.as_deref(),
+            dropout,
+        )?;
+        for s in start.max(window)..end {
+            let y = &run.y[(s - window) * b * h..][..b * h];
+            let g = &dy[s * b * h..][..b * h];
+            objective += y.iter().zip(g).map(|(p, q)| p * q).sum::<f64>();
+        }
+        if end == t
+            && let Some(g) = d_final
+        {
+            objective += run
+                .final_state
+                .iter()
+                .zip(g)
+                .map(|(p, q)| p * q)
+                .sum::<f64>();
+        }
+    }
+    Ok(objective)
 }

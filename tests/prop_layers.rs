@@ -104,9 +104,17 @@ fn case_strategy(smooth: bool, max_h: usize) -> impl Strategy<Value = Case> {
                     merge
                 };
                 // Lengths 0..=T, about a third of them full.
+                let go_backwards = gb && !bidir;
                 let lengths = raw_len[..b]
                     .iter()
-                    .map(|&r| if r % 3 == 0 { t } else { r % (t + 1) })
+                    .map(|&r| {
+                        // A go_backwards stack takes no padding.
+                        if r % 3 == 0 || (go_backwards && layers > 1) {
+                            t
+                        } else {
+                            r % (t + 1)
+                        }
+                    })
                     .collect();
                 let rates = [0.0, 0.3, 0.5];
                 Case {
@@ -114,7 +122,7 @@ fn case_strategy(smooth: bool, max_h: usize) -> impl Strategy<Value = Case> {
                     layers,
                     bidir,
                     merge,
-                    go_backwards: gb && !bidir && layers == 1,
+                    go_backwards,
                     return_sequences: rs,
                     semantics: if packed {
                         MaskSemantics::Packed

@@ -14,6 +14,9 @@
 //!   [`Rnn::forward_train`] (records a tape of [`Rnn::tape_len`] elements), and [`Rnn::bptt`]
 //!   (gradients into an [`RnnGrads`]). A [`RunSpec`] carries what changes per call: `T`, `B`,
 //!   the layout, the sequence lengths and the dropout seed.
+//! - Across calls: [`StatefulRnn`] carries the final states into the next call (Keras's
+//!   `stateful=True`), and [`Rnn::tbptt`] runs truncated BPTT with a [`Tbptt`] `(k1, k2)`
+//!   schedule over a long sequence (module [`stateful`]).
 //!
 //! # Shapes
 //! With `L` layers, `D` directions (2 when bidirectional), `S` state tensors (2 for LSTM):
@@ -33,7 +36,13 @@
 //!   mask): padded steps are never computed and their inputs get gradient exactly 0. States
 //!   stop at each sequence's last real step. Outputs at padded steps follow
 //!   [`MaskSemantics`].
-//! - `go_backwards` (one direction only): Keras's — the outputs come back in processing order.
+//! - `go_backwards` (one direction only): Keras's — every layer consumes its input backwards
+//!   and returns its outputs in processing order, which the next layer takes as its input
+//!   sequence (so layer 1 of a `go_backwards` stack runs in source time order). Stacks of
+//!   more than one such layer take no padding: Keras propagates the mask unreversed to the
+//!   next layer, whose input *is* reversed, so the next layer would skip real steps and run on
+//!   padding — well defined, but not a masking anyone means ([`Error::Invalid`] names
+//!   `lengths`). A `Bidirectional` of `go_backwards` layers is refused, as Keras refuses it.
 //! - Dropout ([`RnnConfig::dropout`], [`RnnConfig::recurrent_dropout`]), in training only, with
 //!   Keras's semantics: one mask per sequence and feature, drawn from [`RunSpec::seed`] and
 //!   reused at every step, separately for every layer and direction; the input mask is applied
@@ -43,6 +52,21 @@
 //!   gate when `recurrent_dropout > 0`; the distribution of each gate's mask is the same).
 //!   [`RnnConfig::inter_layer_dropout`] is PyTorch's: a fresh mask per element of every
 //!   layer's merged output but the last's.
+//!
+//! # Threads
+//! The layer path runs on the calling thread: [`RunSpec`] has no thread count, and the
+//! tile-split steps of [`crate::seq`] (`SeqSpec::threads`) are not used here, because the
+//! active batch shrinks step by step. (The two directions of a bidirectional layer are
+//! independent and could run side by side; they do not yet.)
+//!
+//! # Stateful runs and truncated BPTT
+//! A [`StatefulRnn`] starts every call from the final states of the previous one, every
+//! layer and direction from its own (Keras's semantics, also for a stateful `Bidirectional`,
+//! whose backward direction thus starts each chunk from the state it reached going backwards
+//! through the previous chunk). [`Rnn::tbptt`] is Williams & Peng's truncated BPTT: every
+//! `k1` steps, the errors of those `k1` steps are backpropagated through the last `k2` steps
+//! (errors outside that window are dropped when `k2 < k1`; windows overlap when `k2 > k1`),
+//! the state at the window's start taken as a constant; `k1 = k2 = T` is full BPTT.
 //!
 //! # Example
 //! ```
@@ -71,8 +95,10 @@ mod dropout;
 mod engine;
 pub mod io;
 mod stack;
+pub mod stateful;
 
 pub use stack::{RnnGrads, lengths_from_mask};
+pub use stateful::{StatefulRnn, Tbptt, TbpttUpdate};
 
 use crate::activation::Activation;
 use crate::cell::{
@@ -188,8 +214,10 @@ pub struct RnnConfig {
     pub merge: Merge,
     /// Whether the cells have biases.
     pub use_bias: bool,
-    /// Keras `go_backwards` (one direction only): consume time backwards and return outputs
-    /// in processing order.
+    /// Keras `go_backwards` (one direction only), on every layer: each layer consumes its
+    /// input sequence backwards and returns its outputs in processing order (so the next
+    /// layer's input is in reverse time). A stack of several such layers takes no padding
+    /// (see [`Rnn::forward`]).
     pub go_backwards: bool,
     /// Return every step's output, or the last one.
     pub return_sequences: bool,
@@ -303,7 +331,7 @@ impl RnnConfig {
     /// Checks the descriptor.
     ///
     /// Errors: [`Error::Zero`] for a zero size; [`Error::Invalid`] for a dropout rate outside
-    /// `[0, 1)`, `go_backwards` with two directions or several layers, or [`Merge::None`] below the last layer.
+    /// `[0, 1)`, `go_backwards` with two directions, or [`Merge::None`] below the last layer.
     pub fn validate(&self) -> Result<()> {
         check_nonzero("input_size", self.input_size)?;
         check_nonzero("hidden_size", self.hidden_size)?;
@@ -323,14 +351,8 @@ impl RnnConfig {
         if self.bidirectional && self.go_backwards {
             return Err(Error::Invalid {
                 arg: "go_backwards",
-                reason: "a bidirectional layer already runs both ways".into(),
-            });
-        }
-        if self.go_backwards && self.num_layers > 1 {
-            return Err(Error::Invalid {
-                arg: "go_backwards",
-                reason: "a stack of go_backwards layers (each consuming the previous one's \
-                         outputs in processing order) is not supported; num_layers must be 1"
+                reason: "a bidirectional layer already runs both ways (Keras refuses a \
+                         Bidirectional wrapper of a go_backwards layer too)"
                     .into(),
             });
         }

@@ -103,6 +103,19 @@ impl Sizes {
         let (t, b) = (spec.time_steps, spec.batch);
         check_nonzero("time_steps", t)?;
         check_nonzero("batch", b)?;
+        if c.go_backwards
+            && c.num_layers > 1
+            && let Some(&n) = spec.lengths.into_iter().flatten().find(|&&n| n != t)
+        {
+            return Err(Error::Invalid {
+                arg: "lengths",
+                reason: format!(
+                    "a stack of go_backwards layers takes no padding (a length is {n}, \
+                     time_steps is {t}): Keras passes the mask unreversed to the next layer, \
+                     whose input is reversed"
+                ),
+            });
+        }
         let (h, s, l, d) = (c.hidden_size, c.cell.states(), c.num_layers, c.directions());
         let w = c.merged_width();
         let planes = c.output_planes();
@@ -248,6 +261,36 @@ fn merge_row_back<T: Real>(
     }
 }
 
+/// Whether the forward direction of `layer` runs backwards over the layer's input as the
+/// stack stores it (source time order). In a `go_backwards` stack, a layer's outputs are
+/// stored in source order of *its* input, while the next layer consumes them in processing
+/// order, that is reversed: so layers 0, 2, 4, … run backwards over what they read, and
+/// layers 1, 3, … forwards over it (and their outputs already are in the order Keras returns).
+fn reverses(c: &RnnConfig, layer: usize) -> bool {
+    c.go_backwards && layer.is_multiple_of(2)
+}
+
+/// Multiplies layer `layer`'s stored merged output `[T, B·W]` (or its gradient) by the
+/// inter-layer dropout mask, which is indexed in the order the next layer consumes the steps
+/// ([`Rnn::between_mask`]): reversed for a layer stored in reverse (see [`reverses`]).
+fn between_dropout<T: Real>(
+    c: &RnnConfig,
+    seed: u64,
+    layer: usize,
+    t: usize,
+    row: usize,
+    v: &mut [T],
+) {
+    let stream = Stream::Between { layer };
+    for (s, chunk) in v.chunks_exact_mut(row).enumerate() {
+        let step = if reverses(c, layer) { t - 1 - s } else { s };
+        for (u, x) in chunk.iter_mut().enumerate() {
+            let k = (step * row + u) as u64;
+            *x *= dropout::keep::<T>(seed, stream, k, c.inter_layer_dropout);
+        }
+    }
+}
+
 /// Whether direction `dir` of a layer repeats its last real output at padded steps (Keras: a
 /// forward direction outside a sequence-returning bidirectional layer).
 fn carries_output(c: &RnnConfig, dir: usize, layer_returns_sequences: bool) -> bool {
@@ -336,7 +379,7 @@ impl<T: Real> Rnn<T> {
         masks: &'a (Option<Vec<T>>, Option<Vec<T>>),
     ) -> Dir<'a, T, AnyCell<T>> {
         let c = &self.config;
-        let dir = n % c.directions();
+        let (layer, dir) = (n / c.directions(), n % c.directions());
         let cell = &self.cells[n];
         let fix = match (cell, &masks.1) {
             (AnyCell::Gru(g), Some(_)) => {
@@ -359,7 +402,7 @@ impl<T: Real> Rnn<T> {
         Dir {
             cell,
             plan,
-            reverse: dir == 1 || c.go_backwards,
+            reverse: dir == 1 || reverses(c, layer),
             in_mask: masks.0.as_deref(),
             rec_mask: masks.1.as_deref(),
             fix,
@@ -408,7 +451,8 @@ impl<T: Real> Rnn<T> {
     }
 
     /// The inter-layer dropout mask on layer `layer`'s merged output `[T, B, W]` in a training
-    /// run with `seed` (`None` when the rate is 0).
+    /// run with `seed` (`None` when the rate is 0), in the order the next layer consumes the
+    /// steps (processing order of a `go_backwards` layer).
     pub fn between_mask(&self, seed: u64, layer: usize, len: usize) -> Option<Vec<T>> {
         let p = self.config.inter_layer_dropout;
         (p > 0.0).then(|| {
@@ -549,11 +593,7 @@ impl<T: Real> Rnn<T> {
                     }
                 }
                 if training && c.inter_layer_dropout > 0.0 {
-                    let stream = Stream::Between { layer: l };
-                    for (k, v) in merged.iter_mut().enumerate() {
-                        *v *=
-                            dropout::keep::<T>(spec.seed, stream, k as u64, c.inter_layer_dropout);
-                    }
+                    between_dropout(c, spec.seed, l, t, b * w, merged);
                 }
                 continue;
             }
@@ -562,7 +602,7 @@ impl<T: Real> Rnn<T> {
             let wo = if planes == 2 { h } else { w };
             if rs_l {
                 for p in 0..t {
-                    let s = if c.go_backwards { t - 1 - p } else { p };
+                    let s = if reverses(c, z.l - 1) { t - 1 - p } else { p };
                     for bb in 0..b {
                         let o = (s * b + bb) * h;
                         if planes == 2 {
@@ -670,7 +710,7 @@ impl<T: Real> Rnn<T> {
             let fins: Vec<&[T]> = (0..dn).map(|d| parts[z.part(last, d, 4)]).collect();
             if c.return_sequences {
                 for p in 0..t {
-                    let s = if c.go_backwards { t - 1 - p } else { p };
+                    let s = if reverses(c, z.l - 1) { t - 1 - p } else { p };
                     for bb in 0..b {
                         if planes == 2 {
                             for dir in 0..2 {
@@ -810,11 +850,7 @@ impl<T: Real> Rnn<T> {
             }
             if l > 0 {
                 if c.inter_layer_dropout > 0.0 {
-                    let stream = Stream::Between { layer: l - 1 };
-                    for (k, v) in d_input.iter_mut().enumerate() {
-                        *v *=
-                            dropout::keep::<T>(spec.seed, stream, k as u64, c.inter_layer_dropout);
-                    }
+                    between_dropout(c, spec.seed, l - 1, t, b * w, &mut d_input);
                 }
                 d_merged = d_input;
                 wcur = w;
