@@ -52,6 +52,12 @@ pub enum Error {
         /// Why it is rejected.
         reason: String,
     },
+    /// The GPU backend cannot run: no driver, no such device, or a driver call failed.
+    #[error("CUDA device: {reason}")]
+    Device {
+        /// What failed, with the driver's message.
+        reason: String,
+    },
     /// A product of sizes overflows `usize`.
     #[error("`{arg}`: size overflows usize")]
     Overflow {

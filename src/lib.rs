@@ -50,6 +50,8 @@
 pub mod activation;
 pub mod cell;
 pub(crate) mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod dim;
 pub mod error;
 pub mod gradcheck;
