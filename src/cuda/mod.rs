@@ -363,6 +363,22 @@ impl<T: CudaReal> DeviceCell<T> {
     pub fn path(&self) -> CudaPath {
         self.path
     }
+    /// The recurrence kernels a run over `batch` rows uses on this device, forward and
+    /// backward: [`CudaPath::Persistent`] or [`CudaPath::Standard`] ([`Error::Invalid`] when
+    /// the path is forced to persistent and does not apply).
+    pub fn paths(&self, batch: usize) -> Result<(CudaPath, CudaPath)> {
+        let (g, h) = (self.desc.gates(), self.hidden);
+        let pick = |pass| {
+            run::resolve_plan::<T>(&self.device.state, self.path, pass, g, batch, h).map(|p| {
+                if p.is_some() {
+                    CudaPath::Persistent
+                } else {
+                    CudaPath::Standard
+                }
+            })
+        };
+        Ok((pick(launch::Pass::Forward)?, pick(launch::Pass::Backward)?))
+    }
     /// The parameter tensors in the order of [`crate::Cell::params`]: `kernel`,
     /// `recurrent_kernel`, then `bias` and `recurrent_bias` when the cell has biases.
     pub fn params(&self) -> Vec<&CudaSlice<T>> {

@@ -277,15 +277,31 @@ impl<'a, T: CudaReal> Run<'a, T> {
 
     /// The persistent plan for `pass`, if the cell's path allows and the shapes fit.
     fn plan(&self, path: CudaPath, pass: Pass) -> Result<Option<PersistentPlan>> {
-        let plan = if self.dev.cooperative {
+        resolve_plan::<T>(self.dev, path, pass, self.sz.g, self.sz.b, self.sz.h)
+    }
+}
+
+/// The persistent plan for `pass` over `b` rows of a cell with `g` gates and `h` units, if
+/// `path` allows it and the shapes fit the device; an error when `path` demands it and it
+/// does not apply.
+pub(crate) fn resolve_plan<T: CudaReal>(
+    dev: &DeviceState,
+    path: CudaPath,
+    pass: Pass,
+    g: usize,
+    b: usize,
+    h: usize,
+) -> Result<Option<PersistentPlan>> {
+    {
+        let plan = if dev.cooperative {
             launch::persistent_plan(
                 pass,
-                self.sz.g,
-                self.sz.b,
-                self.sz.h,
+                g,
+                b,
+                h,
                 std::mem::size_of::<T>(),
-                self.dev.sm_count,
-                self.dev.max_smem_optin,
+                dev.sm_count,
+                dev.max_smem_optin,
             )
         } else {
             None
@@ -296,11 +312,9 @@ impl<'a, T: CudaReal> Run<'a, T> {
             CudaPath::Persistent => plan.map(Some).ok_or_else(|| Error::Invalid {
                 arg: "path",
                 reason: format!(
-                    "the persistent kernels do not apply to batch {} and hidden size {} on this \
-                     device (batch at most {}, weights within one block's shared memory per \
-                     multiprocessor, cooperative launch)",
-                    self.sz.b,
-                    self.sz.h,
+                    "the persistent kernels do not apply to batch {b} and hidden size {h} on \
+                     this device (batch at most {}, weights within one block's shared memory \
+                     per multiprocessor, cooperative launch)",
                     launch::PERSISTENT_MAX_BATCH
                 ),
             }),

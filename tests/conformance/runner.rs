@@ -649,7 +649,10 @@ fn run_case(path: &Path) -> Result<Outcome, String> {
 }
 
 /// Dispatches on the cell kind.
-fn run_typed<T: Real>(m: &Meta, t: &BTreeMap<String, Vec<f64>>) -> Result<Vec<String>, String> {
+fn run_typed<T: engine::EngineReal>(
+    m: &Meta,
+    t: &BTreeMap<String, Vec<f64>>,
+) -> Result<Vec<String>, String> {
     match m.cell {
         CellType::SimpleRnn => run_cell::<T, _>(
             m,
@@ -688,7 +691,7 @@ fn to_f64<T: Real>(v: &[T]) -> Vec<f64> {
 
 /// Builds the cell from the file's weights, runs it, and returns one message per tensor out
 /// of tolerance.
-fn run_cell<T: Real, K: LayoutKind>(
+fn run_cell<T: engine::EngineReal, K: LayoutKind>(
     m: &Meta,
     t: &BTreeMap<String, Vec<f64>>,
     kind: K,
@@ -742,8 +745,8 @@ fn run_cell<T: Real, K: LayoutKind>(
 
     let (out, grads) = if m.has_grads {
         let mut tape = vec![T::ZERO; seq::tape_len(&cell, &spec).map_err(engine)?];
-        let out =
-            seq::forward_train(&cell, &spec, &x, initial.as_deref(), &mut tape).map_err(engine)?;
+        let out = engine::forward_train(&cell, &spec, &x, initial.as_deref(), &mut tape)
+            .map_err(engine)?;
         let dy: Vec<T> = to_t(get("dy"));
         let (dh, dc) = (t.get("dh_n"), t.get("dc_n"));
         // The loss has a state term only when the fixture gives one.
@@ -755,7 +758,7 @@ fn run_cell<T: Real, K: LayoutKind>(
             }
             s
         });
-        let g = seq::bptt(
+        let g = engine::bptt(
             &cell,
             &spec,
             &x,
@@ -768,7 +771,7 @@ fn run_cell<T: Real, K: LayoutKind>(
         (out, Some(g))
     } else {
         (
-            seq::forward(&cell, &spec, &x, initial.as_deref()).map_err(engine)?,
+            engine::forward(&cell, &spec, &x, initial.as_deref()).map_err(engine)?,
             None,
         )
     };
@@ -829,4 +832,108 @@ fn run_cell<T: Real, K: LayoutKind>(
         .iter()
         .filter_map(|(name, got, tol)| compare(name, &expected[name].shape, got, get(name), *tol))
         .collect())
+}
+
+/// Where the runner runs the cells: the CPU engine (`fused_rnn::seq`, the default) or, with
+/// the `cuda` feature and after [`engine::use_cuda`], the GPU engine (`fused_rnn::cuda::host`),
+/// which has the same signatures.
+pub mod engine {
+    use fused_rnn::cell::{CellKind, Recurrent};
+    use fused_rnn::prelude::*;
+
+    /// The element types the runner instantiates (f32, f64), with what the GPU engine needs.
+    #[cfg(feature = "cuda")]
+    pub trait EngineReal: fused_rnn::cuda::CudaReal {}
+    #[cfg(feature = "cuda")]
+    impl<T: fused_rnn::cuda::CudaReal> EngineReal for T {}
+    /// The element types the runner instantiates (f32, f64).
+    #[cfg(not(feature = "cuda"))]
+    pub trait EngineReal: fused_rnn::Real {}
+    #[cfg(not(feature = "cuda"))]
+    impl<T: fused_rnn::Real> EngineReal for T {}
+
+    #[cfg(feature = "cuda")]
+    mod gpu {
+        use std::sync::{Arc, OnceLock};
+
+        use fused_rnn::cuda::{CudaDevice, CudaStream};
+
+        pub static DEVICE: OnceLock<(CudaDevice, Arc<CudaStream>)> = OnceLock::new();
+    }
+
+    /// Runs every later case on GPU 0; the error says why that is impossible (no driver, no
+    /// device).
+    #[cfg(feature = "cuda")]
+    pub fn use_cuda() -> Result<String> {
+        let device = fused_rnn::cuda::CudaDevice::new(0)?;
+        let name = device.name()?;
+        let stream = device.default_stream();
+        let _ = gpu::DEVICE.set((device, stream));
+        Ok(name)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn on_gpu<T: EngineReal, K: CellKind, R>(
+        cell: &Recurrent<T, K, Dyn, Dyn>,
+        run: impl FnOnce(
+            &fused_rnn::cuda::DeviceCell<T>,
+            &std::sync::Arc<fused_rnn::cuda::CudaStream>,
+        ) -> Result<R>,
+    ) -> Option<Result<R>> {
+        let (device, stream) = gpu::DEVICE.get()?;
+        Some(fused_rnn::cuda::DeviceCell::new(device, stream, cell).and_then(|c| run(&c, stream)))
+    }
+
+    /// `seq::forward`, on the selected engine.
+    pub fn forward<T: EngineReal, K: CellKind>(
+        cell: &Recurrent<T, K, Dyn, Dyn>,
+        spec: &SeqSpec,
+        x: &[T],
+        initial: Option<&[T]>,
+    ) -> Result<Output<T>> {
+        #[cfg(feature = "cuda")]
+        if let Some(r) = on_gpu(cell, |c, s| {
+            fused_rnn::cuda::host::forward(c, s, spec, x, initial)
+        }) {
+            return r;
+        }
+        seq::forward(cell, spec, x, initial)
+    }
+
+    /// `seq::forward_train`, on the selected engine.
+    pub fn forward_train<T: EngineReal, K: CellKind>(
+        cell: &Recurrent<T, K, Dyn, Dyn>,
+        spec: &SeqSpec,
+        x: &[T],
+        initial: Option<&[T]>,
+        tape: &mut [T],
+    ) -> Result<Output<T>> {
+        #[cfg(feature = "cuda")]
+        if let Some(r) = on_gpu(cell, |c, s| {
+            fused_rnn::cuda::host::forward_train(c, s, spec, x, initial, tape)
+        }) {
+            return r;
+        }
+        seq::forward_train(cell, spec, x, initial, tape)
+    }
+
+    /// `seq::bptt`, on the selected engine.
+    #[allow(clippy::too_many_arguments)]
+    pub fn bptt<T: EngineReal, K: CellKind>(
+        cell: &Recurrent<T, K, Dyn, Dyn>,
+        spec: &SeqSpec,
+        x: &[T],
+        initial: Option<&[T]>,
+        tape: &[T],
+        dy: &[T],
+        d_final: Option<&[T]>,
+    ) -> Result<Gradients<T>> {
+        #[cfg(feature = "cuda")]
+        if let Some(r) = on_gpu(cell, |c, s| {
+            fused_rnn::cuda::host::bptt(c, s, spec, x, initial, tape, dy, d_final)
+        }) {
+            return r;
+        }
+        seq::bptt(cell, spec, x, initial, tape, dy, d_final)
+    }
 }
