@@ -650,6 +650,7 @@ mod tests {
         );
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn gemm(
         m: i32,
         n: i32,
