@@ -56,7 +56,7 @@ template <typename T, int CELL> __device__ void persistent_forward(const RnnPara
     const int H = p.hidden, B = p.batch, UPB = p.units_per_block, P = G * H;
     const int j0 = blockIdx.x * UPB;
     const long long bh = (long long)B * H;
-    extern __shared__ double smem_words[];
+    DYNAMIC_SHARED(double, smem_words);
     T* us = reinterpret_cast<T*>(smem_words);
     T* hs = us + G * UPB * H;
     T* dots = hs + bh;
@@ -146,7 +146,7 @@ template <typename T, int CELL> __device__ void persistent_backward(const RnnPar
     const int H = p.hidden, B = p.batch, UPB = p.units_per_block, P = G * H;
     const int j0 = blockIdx.x * UPB;
     const long long bh = (long long)B * H;
-    extern __shared__ double smem_words[];
+    DYNAMIC_SHARED(double, smem_words);
     T* us = reinterpret_cast<T*>(smem_words);
     T* dots = us + UPB * P;
     T* partial = dots + B * UPB;

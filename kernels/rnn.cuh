@@ -55,6 +55,12 @@ struct RnnParams {
     unsigned long long barrier;
 };
 
+// The dynamic shared memory of a launch (a macro so that the CPU emulation used by the tests,
+// tests/emulator/, can give each block its own exactly-sized buffer).
+#ifndef DYNAMIC_SHARED
+#define DYNAMIC_SHARED(type, name) extern __shared__ type name[]
+#endif
+
 template <typename T> __device__ __forceinline__ T* ptr(unsigned long long p) {
     return reinterpret_cast<T*>(p);
 }

@@ -244,6 +244,11 @@ fn case_strategy() -> impl Strategy<Value = Case> {
 /// Every cell kind with drawn activations, both paths, in type `T`.
 fn run_props<T: cuda::CudaReal>(tol: f64, cases: u32) {
     let g = gpu();
+    // FUSED_RNN_GPU_CASES overrides the case count (the CPU emulation is slow).
+    let cases = std::env::var("FUSED_RNN_GPU_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(cases);
     let mut runner = TestRunner::new(Config {
         cases,
         failure_persistence: None,
