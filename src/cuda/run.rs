@@ -342,6 +342,15 @@ fn base_params(desc: CellDesc, sz: &Sizes) -> Result<RnnParams> {
     })
 }
 
+/// Makes the stream's context current on this thread: the raw driver calls of a run (memsets,
+/// function attributes, occupancy) act on the current context.
+fn bind(stream: &CudaStream) -> Result<()> {
+    stream
+        .context()
+        .bind_to_thread()
+        .map_err(driver_error("making the context current"))
+}
+
 fn needs_permute(spec: &SeqSpec) -> bool {
     spec.layout == Layout::BatchMajor || spec.go_backwards
 }
@@ -355,6 +364,7 @@ fn run_forward<T: CudaReal>(
     tape: Option<&mut CudaSlice<T>>,
 ) -> Result<DeviceOutput<T>> {
     cell.device.check_stream(stream)?;
+    bind(stream)?;
     let sz = Sizes::new(cell, spec)?;
     check_len("x", x.len(), sz.x_len)?;
     if let Some(s) = initial_state {
@@ -677,6 +687,7 @@ pub fn bptt_into<T: CudaReal>(
     mode: GradMode,
 ) -> Result<()> {
     cell.device.check_stream(stream)?;
+    bind(stream)?;
     let sz = Sizes::new(cell, spec)?;
     check_len("x", x.len(), sz.x_len)?;
     if let Some(s) = initial_state {
