@@ -61,6 +61,7 @@ pub mod cuda;
 pub mod dim;
 pub mod error;
 pub mod gradcheck;
+pub mod layer;
 pub mod layout;
 pub mod real;
 pub mod reference;

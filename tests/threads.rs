@@ -4,15 +4,16 @@
 
 use fused_rnn::cell::Cell;
 use fused_rnn::prelude::*;
-use fused_rnn::{Backend, with_backend};
+use fused_rnn::{Backend, Real, with_backend};
 
 fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
 
 fn same_with_threads<C: Cell<f32>>(name: &str, cell: &C, split: &mut usize) {
-    // B ≤ 4 runs the row kernels (packed on SIMD backends), B > 4 the matrix-product path.
-    for (t, b) in [(1, 1), (7, 1), (5, 3), (4, 4), (3, 6), (2, 9)] {
+    // Up to 31 rows the packed kernels (on SIMD backends), in row blocks; 33 rows of fewer than
+    // 256 units the matrix-product path.
+    for (t, b) in [(1, 1), (7, 1), (5, 3), (4, 4), (3, 6), (2, 9), (2, 33)] {
         if cell.max_parts(b) > 1 {
             *split += 1;
         }
@@ -104,4 +105,53 @@ fn zero_threads_is_an_error() {
     let cell = DynLstm::<f32>::random(Dyn(2), Dyn(3), LstmKind::default(), true, 1).unwrap();
     let err = seq::forward(&cell, &SeqSpec::new(2, 1).threads(0), &[0.0; 4], None).unwrap_err();
     assert_eq!(err, Error::Zero { arg: "threads" });
+}
+
+/// BPTT with `threads(n)` splits its products over all `T·B` rows; every gradient stays
+/// bit-identical to one thread's.
+fn bptt_same_with_threads<T: Real, C: Cell<T>>(name: &str, cell: &C) {
+    // 32 rows of 64 inputs over 24 steps: the products are large enough to be split.
+    let spec = SeqSpec::new(24, 32).layout(Layout::BatchMajor);
+    let x: Vec<T> = (0..24 * 32 * cell.input_size())
+        .map(|k| T::from_f64((k as f64 * 0.37).sin()))
+        .collect();
+    let mut tape = vec![T::ZERO; seq::tape_len(cell, &spec).unwrap()];
+    let out = seq::forward_train(cell, &spec, &x, None, &mut tape).unwrap();
+    let dy: Vec<T> = (0..out.y.len())
+        .map(|k| T::from_f64((k as f64 * 0.21).cos()))
+        .collect();
+    let bits = |g: &seq::Gradients<T>| {
+        let mut v: Vec<u64> = g.dx.iter().map(|x| x.to_f64().to_bits()).collect();
+        v.extend(g.d_initial_state.iter().map(|x| x.to_f64().to_bits()));
+        for p in &g.params {
+            v.extend(p.iter().map(|x| x.to_f64().to_bits()));
+        }
+        v
+    };
+    let one = bits(&seq::bptt(cell, &spec, &x, None, &tape, &dy, None).unwrap());
+    for threads in [2, 3] {
+        let many = seq::bptt(cell, &spec.threads(threads), &x, None, &tape, &dy, None).unwrap();
+        assert!(bits(&many) == one, "{name} threads={threads}: gradients");
+    }
+}
+
+#[test]
+fn threaded_bptt_matches_one_thread() {
+    for backend in Backend::available() {
+        with_backend(backend, || {
+            let lstm =
+                DynLstm::<f32>::random(Dyn(64), Dyn(48), LstmKind::default(), true, 1).unwrap();
+            bptt_same_with_threads(&format!("{backend} lstm f32"), &lstm);
+            let lstm =
+                DynLstm::<f64>::random(Dyn(64), Dyn(48), LstmKind::default(), true, 1).unwrap();
+            bptt_same_with_threads(&format!("{backend} lstm f64"), &lstm);
+            let gru = DynGru::<f32>::random(Dyn(64), Dyn(48), GruKind::default(), true, 2).unwrap();
+            bptt_same_with_threads(&format!("{backend} gru f32"), &gru);
+            let rnn =
+                DynSimpleRnn::<f32>::random(Dyn(64), Dyn(48), SimpleRnnKind::default(), true, 3)
+                    .unwrap();
+            bptt_same_with_threads(&format!("{backend} rnn f32"), &rnn);
+        })
+        .unwrap();
+    }
 }

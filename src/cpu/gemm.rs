@@ -1,6 +1,48 @@
-//! Safe, bounds-checked wrapper over the large matrix products (matrixmultiply).
+//! Safe, bounds-checked wrapper over the large matrix products (matrixmultiply, or OpenBLAS
+//! with the `openblas` feature), split across threads inside [`with_threads`].
+
+use std::cell::Cell as StdCell;
 
 use crate::real::Real;
+
+thread_local! {
+    static THREADS: StdCell<usize> = const { StdCell::new(1) };
+}
+
+/// Products smaller than this many multiply-adds stay on the calling thread.
+const SPLIT_MIN_FMAS: usize = 1 << 21;
+
+/// Runs `f` with the products it issues from this thread split across `threads` threads.
+///
+/// A product is split along the longer side of its result into contiguous blocks, one per
+/// thread. Every element is still computed by one thread through the same reduction over the
+/// inner dimension, so results are bit-identical to one thread's.
+pub(crate) fn with_threads<R>(threads: usize, f: impl FnOnce() -> R) -> R {
+    struct Restore(usize);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            THREADS.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(THREADS.with(|c| c.replace(threads.max(1))));
+    f()
+}
+
+/// Raw pointers that may cross to scoped worker threads.
+#[derive(Clone, Copy)]
+struct SendPtrs<T>(*const T, *const T, *mut T);
+// SAFETY: only used to hand the read-only operands and disjoint blocks of one output of a
+// product to scoped threads that end before the borrows do (see `gemm`).
+unsafe impl<T> Send for SendPtrs<T> {}
+// SAFETY: as above; shared copies only read the pointers themselves.
+unsafe impl<T> Sync for SendPtrs<T> {}
+
+impl<T> SendPtrs<T> {
+    /// The pointers (a method, so that closures capture the whole wrapper, not its fields).
+    fn get(self) -> (*const T, *const T, *mut T) {
+        (self.0, self.1, self.2)
+    }
+}
 
 /// A row-major matrix view: `rows × cols`, row `r` starting at `data[r · ld]`.
 #[derive(Debug, Clone, Copy)]
@@ -93,26 +135,52 @@ pub(crate) fn gemm<T: Real>(
     };
     let (rsa, csa) = strides(op_a, a.ld);
     let (rsb, csb) = strides(op_b, b.ld);
-    // SAFETY: the assertions above bound every index the strides address inside the three
-    // slices; `c` is borrowed mutably, so it aliases neither `a` nor `b`.
-    unsafe {
-        T::gemm_raw(
-            m,
-            k,
-            n,
-            T::ONE,
-            a.data.as_ptr(),
-            rsa,
-            csa,
-            b.data.as_ptr(),
-            rsb,
-            csb,
-            beta,
-            c.as_mut_ptr(),
-            ldc as isize,
-            1,
-        );
+    let ptrs = SendPtrs(a.data.as_ptr(), b.data.as_ptr(), c.as_mut_ptr());
+    // The block of result rows `rows` and columns `cols`.
+    let block = |rows: std::ops::Range<usize>, cols: std::ops::Range<usize>| {
+        let (pa, pb, pc) = ptrs.get();
+        // SAFETY: the assertions above bound every index the strides address inside the three
+        // slices, and the block's offsets stay inside them (`rows` ⊆ 0..m, `cols` ⊆ 0..n); `c`
+        // is borrowed mutably, so it aliases neither `a` nor `b`.
+        unsafe {
+            T::gemm_raw(
+                rows.len(),
+                k,
+                cols.len(),
+                T::ONE,
+                pa.offset(rows.start as isize * rsa),
+                rsa,
+                csa,
+                pb.offset(cols.start as isize * csb),
+                rsb,
+                csb,
+                beta,
+                pc.add(rows.start * ldc + cols.start),
+                ldc as isize,
+                1,
+            );
+        }
+    };
+    let threads = THREADS.with(|t| t.get()).min(m.max(n));
+    if threads <= 1 || m.saturating_mul(n).saturating_mul(k) < SPLIT_MIN_FMAS {
+        return block(0..m, 0..n);
     }
+    let (long, split_rows) = if m >= n { (m, true) } else { (n, false) };
+    let part = |i: usize| i * long / threads..(i + 1) * long / threads;
+    let run = |i: usize| {
+        if split_rows {
+            block(part(i), 0..n)
+        } else {
+            block(0..m, part(i))
+        }
+    };
+    // The blocks are disjoint parts of `c`, and `a`, `b` are only read.
+    std::thread::scope(|scope| {
+        for i in 1..threads {
+            scope.spawn(move || run(i));
+        }
+        run(0);
+    });
 }
 
 #[cfg(test)]

@@ -72,7 +72,8 @@ pub struct SeqSpec {
     /// ([`Cell::max_parts`]): the built-in LSTM, SimpleRNN and reset-after GRU split by
     /// 16-unit tiles once a step is large enough to pay for a thread, each thread keeping its
     /// share of the recurrent weights in its own cache; the input projection is split by rows.
-    /// Results do not depend on the thread count. Backpropagation runs on one thread.
+    /// In backpropagation the products over all `T·B` rows are split by blocks of their result;
+    /// the reverse step loop runs on one thread. Results do not depend on the thread count.
     pub threads: usize,
 }
 

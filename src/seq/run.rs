@@ -268,10 +268,13 @@ pub fn bptt_into<T: Real, C: Cell<T> + ?Sized>(
         );
         std::mem::swap(&mut d_next, &mut d_state);
     }
-    cell.sequence_backward(d.b, states, &d_proj, &mut grads.params);
-    if d.p > 0 {
-        cell.project_backward(&xs, &d_proj, &mut dxs, &mut grads.params);
-    }
+    // The products over all T·B rows split across the spec's threads.
+    crate::cpu::gemm::with_threads(spec.threads, || {
+        cell.sequence_backward(d.b, states, &d_proj, &mut grads.params);
+        if d.p > 0 {
+            cell.project_backward(&xs, &d_proj, &mut dxs, &mut grads.params);
+        }
+    });
     grads.d_initial_state.copy_from_slice(&d_next);
     // Back from processing order to the caller's layout and direction.
     for t in 0..d.t {

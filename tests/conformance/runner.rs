@@ -8,11 +8,11 @@
 //! - its metadata is parsed and checked against the format (every key, every value, the
 //!   fillers of keys that do not apply); a file that cannot be read or whose metadata is
 //!   unknown or invalid FAILS with the reason;
-//! - a case using a feature the runner does not implement yet (`num_layers > 1`,
-//!   `bidirectional`, `has_mask`) is SKIPPED with the reason, never passed;
-//! - otherwise the file's tensors must be exactly the ones the format prescribes (names,
-//!   shapes, dtype); the cell is built from the weights in the file's own layout through
-//!   `fused_rnn::layout`, run batch-major in the fixture's dtype, and `y`, `h_n`, `c_n` and —
+//! - every case of the format runs (stacked, bidirectional with every merge mode, masked with
+//!   Keras or PyTorch semantics by `source`); nothing is skipped;
+//! - the file's tensors must be exactly the ones the format prescribes (names, shapes,
+//!   dtype); the stack is built from the weights in the file's own names and layout through
+//!   `fused_rnn::layer::io`, run batch-major in the fixture's dtype, and `y`, `h_n`, `c_n` and —
 //!   for gradient fixtures — `grad.x`, `grad.h0`, `grad.c0` and every `grad.<weight>` are
 //!   compared with the fixture's tolerance.
 //!
@@ -24,8 +24,10 @@ use std::io::Write;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
-use fused_rnn::cell::Recurrent;
-use fused_rnn::layout::{Framework, KerasWeights, LayoutKind, TorchWeights};
+use fused_rnn::layer::{
+    CellConfig, MaskSemantics, Merge, Rnn, RnnConfig, RnnGrads, RunSpec, io, lengths_from_mask,
+};
+use fused_rnn::layout::Framework;
 use fused_rnn::prelude::*;
 use fused_rnn::{Activation, Real};
 use safetensors::{Dtype, SafeTensors};
@@ -192,6 +194,7 @@ struct Meta {
     has_initial_state: bool,
     has_mask: bool,
     has_grads: bool,
+    merge: Merge,
 }
 
 /// Every metadata key of the format.
@@ -321,6 +324,7 @@ fn parse_meta(map: &HashMap<String, String>) -> Result<Meta, String> {
         has_initial_state: r.boolean("has_initial_state")?,
         has_mask: r.boolean("has_mask")?,
         has_grads: r.boolean("has_grads")?,
+        merge: Merge::from_name(merge_mode).map_err(|e| e.to_string())?,
     };
     // Fillers of keys that do not apply, and what each framework can express.
     let cell_name = r.get("cell")?;
@@ -375,19 +379,37 @@ fn parse_meta(map: &HashMap<String, String>) -> Result<Meta, String> {
     Ok(m)
 }
 
-/// Features of `m` the runner does not implement yet.
-fn later_features(m: &Meta) -> Vec<String> {
-    let mut v = Vec::new();
-    if m.num_layers > 1 {
-        v.push(format!("num_layers = {} (stacked layers)", m.num_layers));
-    }
+/// The layer descriptor of a fixture.
+fn config(m: &Meta) -> Result<RnnConfig, String> {
+    let cell = match m.cell {
+        CellType::SimpleRnn => CellConfig::SimpleRnn(SimpleRnnKind {
+            activation: m.activation,
+        }),
+        CellType::Lstm => CellConfig::Lstm(LstmKind {
+            activation: m.activation,
+            recurrent_activation: m.recurrent_activation,
+        }),
+        CellType::Gru => CellConfig::Gru(GruKind {
+            activation: m.activation,
+            recurrent_activation: m.recurrent_activation,
+            reset_after: m.reset_after,
+        }),
+    };
+    let mut c = RnnConfig::new(cell, m.input_size, m.units)
+        .layers(m.num_layers)
+        .use_bias(m.use_bias)
+        .go_backwards(m.go_backwards)
+        .return_sequences(m.return_sequences)
+        .mask_semantics(match m.source {
+            Framework::Torch => MaskSemantics::Packed,
+            _ => MaskSemantics::Keras,
+        });
     if m.bidirectional {
-        v.push("bidirectional = true".to_string());
+        c = c.bidirectional(m.merge);
     }
-    if m.has_mask {
-        v.push("has_mask = true (masking / packed sequences)".to_string());
-    }
-    v
+    c.validate()
+        .map_err(|e| format!("unsupported configuration: {e}"))?;
+    Ok(c)
 }
 
 // ------------------------------------------------------------------ tensors
@@ -399,53 +421,38 @@ struct Expected {
     required: bool,
 }
 
-/// Names of the weight tensors of a one-layer, one-direction fixture, in the order
-/// kernel, recurrent kernel, biases.
-fn weight_names(m: &Meta) -> Vec<String> {
-    let names: &[&str] = match (m.source, m.use_bias) {
-        (Framework::Torch, true) => &["weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"],
-        (Framework::Torch, false) => &["weight_ih_l0", "weight_hh_l0"],
-        (_, true) => &["l0.fwd.kernel", "l0.fwd.recurrent_kernel", "l0.fwd.bias"],
-        (_, false) => &["l0.fwd.kernel", "l0.fwd.recurrent_kernel"],
-    };
-    names.iter().map(|s| s.to_string()).collect()
+/// Names and shapes of the weight tensors, layer by layer and direction by direction.
+fn weight_names(m: &Meta, c: &RnnConfig) -> Result<Vec<(String, Vec<usize>)>, String> {
+    io::tensor_names(c, m.source).map_err(|e| format!("unsupported configuration: {e}"))
 }
 
-/// Every tensor a one-layer, one-direction fixture holds, with its shape.
-fn expected_tensors(m: &Meta) -> BTreeMap<String, Expected> {
+/// Every tensor the fixture holds, with its shape.
+fn expected_tensors(m: &Meta, c: &RnnConfig) -> Result<BTreeMap<String, Expected>, String> {
     let (b, t, i, h) = (m.batch, m.time_steps, m.input_size, m.units);
-    let gh = m.cell.gates() * h;
     let lstm = m.cell == CellType::Lstm;
     let mut e = BTreeMap::new();
     let mut add = |name: &str, shape: Vec<usize>, required: bool| {
         e.insert(name.to_string(), Expected { shape, required });
     };
-    let state = vec![1, b, h];
+    let state = vec![c.cell_count(), b, h];
+    let w = c.merged_width();
     let y = if m.return_sequences {
-        vec![b, t, h]
+        vec![b, t, w]
     } else {
-        vec![b, h]
+        vec![b, w]
     };
     add("x", vec![b, t, i], true);
+    if m.has_mask {
+        add("mask", vec![b, t], true);
+    }
     if m.has_initial_state {
         add("h0", state.clone(), true);
         if lstm {
             add("c0", state.clone(), true);
         }
     }
-    let weights = weight_names(m);
-    let shapes: Vec<Vec<usize>> = match m.source {
-        Framework::Torch => vec![vec![gh, i], vec![gh, h], vec![gh], vec![gh]],
-        _ => {
-            let bias = if m.cell == CellType::Gru && m.reset_after {
-                vec![2, gh]
-            } else {
-                vec![gh]
-            };
-            vec![vec![i, gh], vec![h, gh], bias]
-        }
-    };
-    for (name, shape) in weights.iter().zip(&shapes) {
+    let weights = weight_names(m, c)?;
+    for (name, shape) in &weights {
         add(name, shape.clone(), true);
     }
     add("y", y.clone(), true);
@@ -466,17 +473,21 @@ fn expected_tensors(m: &Meta) -> BTreeMap<String, Expected> {
                 add("grad.c0", state, true);
             }
         }
-        for (name, shape) in weights.iter().zip(&shapes) {
+        for (name, shape) in &weights {
             add(&format!("grad.{name}"), shape.clone(), true);
         }
     }
-    e
+    Ok(e)
 }
 
 /// Every tensor of the file as `f64` (exact for both dtypes), after checking the set of
 /// names, every shape and every dtype against the format.
-fn load_tensors(m: &Meta, st: &SafeTensors<'_>) -> Result<BTreeMap<String, Vec<f64>>, String> {
-    let expected = expected_tensors(m);
+fn load_tensors(
+    m: &Meta,
+    c: &RnnConfig,
+    st: &SafeTensors<'_>,
+) -> Result<BTreeMap<String, Vec<f64>>, String> {
+    let expected = expected_tensors(m, c)?;
     let mut names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
     names.sort();
     if let Some(extra) = names.iter().find(|n| !expected.contains_key(*n)) {
@@ -627,57 +638,21 @@ fn run_case(path: &Path) -> Result<Outcome, String> {
         .as_ref()
         .ok_or("invalid metadata: the file has no __metadata__")?;
     let meta = parse_meta(map)?;
-    let later = later_features(&meta);
-    if !later.is_empty() {
-        return Ok(Outcome::Skip(format!(
-            "uses features not implemented yet: {}",
-            later.join(", ")
-        )));
+    let config = config(&meta)?;
+    if let Some(why) = engine::unsupported(&config, meta.has_mask) {
+        return Ok(Outcome::Skip(why));
     }
     let st =
         SafeTensors::deserialize(&bytes).map_err(|e| format!("not a safetensors file: {e}"))?;
-    let tensors = load_tensors(&meta, &st)?;
+    let tensors = load_tensors(&meta, &config, &st)?;
     let failures = match meta.dtype {
-        DType::F32 => run_typed::<f32>(&meta, &tensors)?,
-        DType::F64 => run_typed::<f64>(&meta, &tensors)?,
+        DType::F32 => run_typed::<f32>(&meta, &config, &tensors)?,
+        DType::F64 => run_typed::<f64>(&meta, &config, &tensors)?,
     };
     if failures.is_empty() {
         Ok(Outcome::Pass)
     } else {
         Ok(Outcome::Fail(failures.join("; ")))
-    }
-}
-
-/// Dispatches on the cell kind.
-fn run_typed<T: engine::EngineReal>(
-    m: &Meta,
-    t: &BTreeMap<String, Vec<f64>>,
-) -> Result<Vec<String>, String> {
-    match m.cell {
-        CellType::SimpleRnn => run_cell::<T, _>(
-            m,
-            t,
-            SimpleRnnKind {
-                activation: m.activation,
-            },
-        ),
-        CellType::Lstm => run_cell::<T, _>(
-            m,
-            t,
-            LstmKind {
-                activation: m.activation,
-                recurrent_activation: m.recurrent_activation,
-            },
-        ),
-        CellType::Gru => run_cell::<T, _>(
-            m,
-            t,
-            GruKind {
-                activation: m.activation,
-                recurrent_activation: m.recurrent_activation,
-                reset_after: m.reset_after,
-            },
-        ),
     }
 }
 
@@ -689,51 +664,37 @@ fn to_f64<T: Real>(v: &[T]) -> Vec<f64> {
     v.iter().map(|x| x.to_f64()).collect()
 }
 
-/// Builds the cell from the file's weights, runs it, and returns one message per tensor out
+/// Builds the stack from the file's weights, runs it, and returns one message per tensor out
 /// of tolerance.
-fn run_cell<T: engine::EngineReal, K: LayoutKind>(
+fn run_typed<T: engine::EngineReal>(
     m: &Meta,
+    c: &RnnConfig,
     t: &BTreeMap<String, Vec<f64>>,
-    kind: K,
 ) -> Result<Vec<String>, String> {
-    let (b, h) = (m.batch, m.units);
-    let bh = b * h;
-    let lstm = m.cell == CellType::Lstm;
+    let expected = expected_tensors(m, c)?;
     let get = |name: &str| -> &[f64] { &t[name] };
-    let opt = |name: &str| -> Option<Vec<T>> { t.get(name).map(|v| to_t(v)) };
-    let weights = weight_names(m);
-    let (input, hidden) = (Dyn(m.input_size), Dyn(h));
-    let cell: Recurrent<T, K, Dyn, Dyn> = match m.source {
-        Framework::Torch => Recurrent::from_torch(
-            input,
-            hidden,
-            kind,
-            &TorchWeights {
-                weight_ih: to_t(get(&weights[0])),
-                weight_hh: to_t(get(&weights[1])),
-                bias_ih: weights.get(2).and_then(|n| opt(n)),
-                bias_hh: weights.get(3).and_then(|n| opt(n)),
-            },
+    let weights = weight_names(m, c)?;
+    let named: HashMap<String, (Vec<usize>, Vec<T>)> = weights
+        .iter()
+        .map(|(n, shape)| (n.clone(), (shape.clone(), to_t(get(n)))))
+        .collect();
+    let rnn: Rnn<T> = io::from_tensors(*c, m.source, &named)
+        .map_err(|e| format!("cannot build the layers from the fixture's weights: {e}"))?;
+    let lengths = match t.get("mask") {
+        Some(mask) => Some(
+            lengths_from_mask(mask, m.batch, m.time_steps)
+                .map_err(|e| format!("invalid mask: {e}"))?,
         ),
-        _ => Recurrent::from_keras(
-            input,
-            hidden,
-            kind,
-            &KerasWeights {
-                kernel: to_t(get(&weights[0])),
-                recurrent_kernel: to_t(get(&weights[1])),
-                bias: weights.get(2).and_then(|n| opt(n)),
-            },
-        ),
+        None => None,
+    };
+    let mut spec = RunSpec::new(m.time_steps, m.batch).layout(Layout::BatchMajor);
+    if let Some(l) = &lengths {
+        spec = spec.lengths(l);
     }
-    .map_err(|e| format!("cannot build the cell from the fixture's weights: {e}"))?;
-
-    let spec = SeqSpec::new(m.time_steps, b)
-        .layout(Layout::BatchMajor)
-        .go_backwards(m.go_backwards)
-        .return_sequences(m.return_sequences);
+    let lstm = m.cell == CellType::Lstm;
+    let sl = c.cell_count() * m.batch * m.units;
     let x: Vec<T> = to_t(get("x"));
-    // [S, B, H]: h then c; for one layer and direction that is `h0` and `c0` stacked.
+    // [S, L·D, B, H]: `h0` then `c0`.
     let initial: Option<Vec<T>> = m.has_initial_state.then(|| {
         let mut s = to_t(get("h0"));
         if lstm {
@@ -741,104 +702,106 @@ fn run_cell<T: engine::EngineReal, K: LayoutKind>(
         }
         s
     });
-    let engine = |e: fused_rnn::Error| format!("the engine rejected the case: {e}");
+    let engine = |e: fused_rnn::Error| format!("the layers rejected the case: {e}");
+    let mut y = vec![T::ZERO; rnn.y_len(&spec).map_err(engine)?];
+    let mut fin = vec![T::ZERO; rnn.state_len(m.batch).map_err(engine)?];
 
-    let (out, grads) = if m.has_grads {
-        let mut tape = vec![T::ZERO; seq::tape_len(&cell, &spec).map_err(engine)?];
-        let out = engine::forward_train(&cell, &spec, &x, initial.as_deref(), &mut tape)
-            .map_err(engine)?;
+    let grads = if m.has_grads {
+        let mut tape = vec![T::ZERO; rnn.tape_len(&spec).map_err(engine)?];
+        engine::forward_train(
+            &rnn,
+            &spec,
+            &x,
+            initial.as_deref(),
+            &mut tape,
+            &mut y,
+            &mut fin,
+        )
+        .map_err(engine)?;
         let dy: Vec<T> = to_t(get("dy"));
         let (dh, dc) = (t.get("dh_n"), t.get("dc_n"));
         // The loss has a state term only when the fixture gives one.
         let d_final: Option<Vec<T>> = (dh.is_some() || dc.is_some()).then(|| {
-            let zeros = vec![0.0; bh];
+            let zeros = vec![0.0; sl];
             let mut s = to_t(dh.unwrap_or(&zeros));
             if lstm {
                 s.extend(to_t::<T>(dc.unwrap_or(&zeros)));
             }
             s
         });
-        let g = engine::bptt(
-            &cell,
+        let mut g = RnnGrads::zeros(&rnn, &spec).map_err(engine)?;
+        engine::bptt(
+            &rnn,
             &spec,
             &x,
             initial.as_deref(),
             &tape,
             &dy,
             d_final.as_deref(),
+            &mut g,
+            GradMode::Overwrite,
         )
         .map_err(engine)?;
-        (out, Some(g))
+        Some(g)
     } else {
-        (
-            engine::forward(&cell, &spec, &x, initial.as_deref()).map_err(engine)?,
-            None,
-        )
+        engine::forward(&rnn, &spec, &x, initial.as_deref(), &mut y, &mut fin).map_err(engine)?;
+        None
     };
 
     let (tol_out, tol_grad) = tolerances(m.dtype);
-    let expected = expected_tensors(m);
     let mut checks: Vec<(String, Vec<f64>, Tol)> = vec![
-        ("y".into(), to_f64(&out.y), tol_out),
-        ("h_n".into(), to_f64(&out.final_state[..bh]), tol_out),
+        ("y".into(), to_f64(&y), tol_out),
+        ("h_n".into(), to_f64(&fin[..sl]), tol_out),
     ];
     if lstm {
-        checks.push(("c_n".into(), to_f64(&out.final_state[bh..2 * bh]), tol_out));
+        checks.push(("c_n".into(), to_f64(&fin[sl..2 * sl]), tol_out));
     }
     if let Some(g) = grads {
         checks.push(("grad.x".into(), to_f64(&g.dx), tol_grad));
         if m.has_initial_state {
-            checks.push(("grad.h0".into(), to_f64(&g.d_initial_state[..bh]), tol_grad));
+            checks.push(("grad.h0".into(), to_f64(&g.d_initial_state[..sl]), tol_grad));
             if lstm {
                 checks.push((
                     "grad.c0".into(),
-                    to_f64(&g.d_initial_state[bh..2 * bh]),
+                    to_f64(&g.d_initial_state[sl..2 * sl]),
                     tol_grad,
                 ));
             }
         }
-        let fw: Vec<Vec<T>> = match m.source {
-            Framework::Torch => {
-                let w = cell
-                    .torch_grads(&g.params)
-                    .map_err(|e| format!("cannot convert the gradients: {e}"))?;
-                [Some(w.weight_ih), Some(w.weight_hh), w.bias_ih, w.bias_hh]
-                    .into_iter()
-                    .flatten()
-                    .collect()
-            }
-            _ => {
-                let w = cell
-                    .keras_grads(&g.params)
-                    .map_err(|e| format!("cannot convert the gradients: {e}"))?;
-                [Some(w.kernel), Some(w.recurrent_kernel), w.bias]
-                    .into_iter()
-                    .flatten()
-                    .collect()
-            }
-        };
-        if fw.len() != weights.len() {
+        let named = io::grads_to_tensors(&rnn, m.source, &g)
+            .map_err(|e| format!("cannot convert the gradients: {e}"))?;
+        if named.len() != weights.len() {
             return Err(format!(
-                "the cell has {} parameter tensors, the fixture {}",
-                fw.len(),
+                "the layers have {} parameter tensors, the fixture {}",
+                named.len(),
                 weights.len()
             ));
         }
-        for (name, v) in weights.iter().zip(fw) {
-            checks.push((format!("grad.{name}"), to_f64(&v), tol_grad));
+        for nt in named {
+            checks.push((nt.name, to_f64(&nt.data), tol_grad));
         }
     }
     Ok(checks
         .iter()
-        .filter_map(|(name, got, tol)| compare(name, &expected[name].shape, got, get(name), *tol))
+        .filter_map(|(name, got, tol)| {
+            let shape = expected
+                .get(name)
+                .map(|e| e.shape.clone())
+                .unwrap_or_default();
+            match t.get(name) {
+                Some(want) => compare(name, &shape, got, want, *tol),
+                None => Some(format!("the fixture has no `{name}`")),
+            }
+        })
         .collect())
 }
 
-/// Where the runner runs the cells: the CPU engine (`fused_rnn::seq`, the default) or, with
-/// the `cuda` feature and after [`engine::use_cuda`], the GPU engine (`fused_rnn::cuda::host`),
-/// which has the same signatures.
+/// Where the runner runs the layers: the CPU engine (`fused_rnn::layer`, the default) or, with
+/// the `cuda` feature and after [`engine::use_cuda`], the GPU engine (`fused_rnn::cuda::host`)
+/// for the cases it implements (one layer, one direction, no mask); the other cases are then
+/// SKIPPED with the reason, never passed.
 pub mod engine {
-    use fused_rnn::cell::{CellKind, Recurrent};
+    use fused_rnn::layer::{Rnn, RnnConfig, RnnGrads, RunSpec};
     use fused_rnn::prelude::*;
 
     /// The element types the runner instantiates (f32, f64), with what the GPU engine needs.
@@ -861,8 +824,8 @@ pub mod engine {
         pub static DEVICE: OnceLock<(CudaDevice, Arc<CudaStream>)> = OnceLock::new();
     }
 
-    /// Runs every later case on GPU 0; the error says why that is impossible (no driver, no
-    /// device).
+    /// Runs every later case the GPU engine implements on GPU 0; the error says why that is
+    /// impossible (no driver, no device).
     #[cfg(feature = "cuda")]
     pub fn use_cuda() -> Result<String> {
         let device = fused_rnn::cuda::CudaDevice::new(0)?;
@@ -872,68 +835,135 @@ pub mod engine {
         Ok(name)
     }
 
+    /// Why the selected engine cannot run a case, if it cannot.
+    pub fn unsupported(c: &RnnConfig, has_mask: bool) -> Option<String> {
+        #[cfg(feature = "cuda")]
+        if gpu::DEVICE.get().is_some()
+            && (c.num_layers > 1
+                || c.directions() > 1
+                || has_mask
+                || c.dropout > 0.0
+                || c.recurrent_dropout > 0.0)
+        {
+            return Some(
+                "the GPU engine runs one layer, one direction, no mask, no dropout (the others \
+                 are CPU-only)"
+                    .into(),
+            );
+        }
+        let _ = (c, has_mask);
+        None
+    }
+
+    /// The sequence spec of a one-layer, one-direction run.
     #[cfg(feature = "cuda")]
-    fn on_gpu<T: EngineReal, K: CellKind, R>(
-        cell: &Recurrent<T, K, Dyn, Dyn>,
+    fn seq_spec<T: fused_rnn::Real>(rnn: &Rnn<T>, spec: &RunSpec<'_>) -> SeqSpec {
+        let c = rnn.config();
+        SeqSpec::new(spec.time_steps, spec.batch)
+            .layout(spec.layout)
+            .go_backwards(c.go_backwards)
+            .return_sequences(c.return_sequences)
+    }
+
+    /// Runs `f` on the GPU with the stack's only cell, when the GPU engine is selected.
+    #[cfg(feature = "cuda")]
+    fn on_gpu<T: EngineReal, R>(
+        rnn: &Rnn<T>,
         run: impl FnOnce(
             &fused_rnn::cuda::DeviceCell<T>,
             &std::sync::Arc<fused_rnn::cuda::CudaStream>,
         ) -> Result<R>,
     ) -> Option<Result<R>> {
+        use fused_rnn::cuda::DeviceCell;
+        use fused_rnn::layer::AnyCell;
         let (device, stream) = gpu::DEVICE.get()?;
-        Some(fused_rnn::cuda::DeviceCell::new(device, stream, cell).and_then(|c| run(&c, stream)))
+        let cell = match rnn.cell(0, 0)? {
+            AnyCell::SimpleRnn(c) => DeviceCell::new(device, stream, c),
+            AnyCell::Lstm(c) => DeviceCell::new(device, stream, c),
+            AnyCell::Gru(c) => DeviceCell::new(device, stream, c),
+        };
+        Some(cell.and_then(|c| run(&c, stream)))
     }
 
-    /// `seq::forward`, on the selected engine.
-    pub fn forward<T: EngineReal, K: CellKind>(
-        cell: &Recurrent<T, K, Dyn, Dyn>,
-        spec: &SeqSpec,
+    /// `Rnn::forward`, on the selected engine.
+    pub fn forward<T: EngineReal>(
+        rnn: &Rnn<T>,
+        spec: &RunSpec<'_>,
         x: &[T],
         initial: Option<&[T]>,
-    ) -> Result<Output<T>> {
+        y: &mut [T],
+        fin: &mut [T],
+    ) -> Result<()> {
         #[cfg(feature = "cuda")]
-        if let Some(r) = on_gpu(cell, |c, s| {
-            fused_rnn::cuda::host::forward(c, s, spec, x, initial)
+        if let Some(r) = on_gpu(rnn, |c, s| {
+            let out = fused_rnn::cuda::host::forward(c, s, &seq_spec(rnn, spec), x, initial)?;
+            y.copy_from_slice(&out.y);
+            fin.copy_from_slice(&out.final_state);
+            Ok(())
         }) {
             return r;
         }
-        seq::forward(cell, spec, x, initial)
+        rnn.forward(spec, x, initial, y, fin)
     }
 
-    /// `seq::forward_train`, on the selected engine.
-    pub fn forward_train<T: EngineReal, K: CellKind>(
-        cell: &Recurrent<T, K, Dyn, Dyn>,
-        spec: &SeqSpec,
+    /// `Rnn::forward_train`, on the selected engine.
+    pub fn forward_train<T: EngineReal>(
+        rnn: &Rnn<T>,
+        spec: &RunSpec<'_>,
         x: &[T],
         initial: Option<&[T]>,
         tape: &mut [T],
-    ) -> Result<Output<T>> {
+        y: &mut [T],
+        fin: &mut [T],
+    ) -> Result<()> {
         #[cfg(feature = "cuda")]
-        if let Some(r) = on_gpu(cell, |c, s| {
-            fused_rnn::cuda::host::forward_train(c, s, spec, x, initial, tape)
+        if let Some(r) = on_gpu(rnn, |c, s| {
+            let sp = seq_spec(rnn, spec);
+            let n = fused_rnn::cuda::tape_len(c, &sp)?;
+            let out = fused_rnn::cuda::host::forward_train(c, s, &sp, x, initial, &mut tape[..n])?;
+            y.copy_from_slice(&out.y);
+            fin.copy_from_slice(&out.final_state);
+            Ok(())
         }) {
             return r;
         }
-        seq::forward_train(cell, spec, x, initial, tape)
+        rnn.forward_train(spec, x, initial, tape, y, fin)
     }
 
-    /// `seq::bptt`, on the selected engine.
+    /// `Rnn::bptt`, on the selected engine.
     #[allow(clippy::too_many_arguments)]
-    pub fn bptt<T: EngineReal, K: CellKind>(
-        cell: &Recurrent<T, K, Dyn, Dyn>,
-        spec: &SeqSpec,
+    pub fn bptt<T: EngineReal>(
+        rnn: &Rnn<T>,
+        spec: &RunSpec<'_>,
         x: &[T],
         initial: Option<&[T]>,
         tape: &[T],
         dy: &[T],
         d_final: Option<&[T]>,
-    ) -> Result<Gradients<T>> {
+        grads: &mut RnnGrads<T>,
+        mode: GradMode,
+    ) -> Result<()> {
         #[cfg(feature = "cuda")]
-        if let Some(r) = on_gpu(cell, |c, s| {
-            fused_rnn::cuda::host::bptt(c, s, spec, x, initial, tape, dy, d_final)
+        if let Some(r) = on_gpu(rnn, |c, s| {
+            let sp = seq_spec(rnn, spec);
+            let n = fused_rnn::cuda::tape_len(c, &sp)?;
+            let g = fused_rnn::cuda::host::bptt(c, s, &sp, x, initial, &tape[..n], dy, d_final)?;
+            grads.dx.copy_from_slice(&g.dx);
+            grads.d_initial_state.copy_from_slice(&g.d_initial_state);
+            match mode {
+                GradMode::Overwrite => grads.params = vec![g.params],
+                GradMode::Accumulate => {
+                    for (acc, new) in grads.params[0].iter_mut().zip(&g.params) {
+                        for (a, &v) in acc.iter_mut().zip(new) {
+                            *a += v;
+                        }
+                    }
+                }
+            }
+            Ok(())
         }) {
             return r;
         }
-        seq::bptt(cell, spec, x, initial, tape, dy, d_final)
+        rnn.bptt(spec, x, initial, tape, dy, d_final, grads, mode)
     }
 }
