@@ -3,9 +3,13 @@
 //!
 //! ```text
 //! cargo run --release --example bench -- --cell lstm --batch 1 --seq 100 --input 256 --hidden 256 \
-//!     --mode infer [--threads N] [--backend auto|scalar|avx2|avx512] [--dtype f32|bf16] [--json]
+//!     --mode infer [--threads N] [--backend auto|scalar|avx2|avx512|cuda] [--dtype f32|bf16] [--json]
 //! cargo run --release --example bench -- --preset standard [--mode infer|train|both] [--json]
+//! cargo run --release --features cuda --example bench -- --backend cuda --preset standard --mode both
 //! ```
+//!
+//! `--backend cuda` times the GPU engine (`examples/support/cuda_bench.rs`; exit 2 with the
+//! reason when there is no GPU).
 //!
 //! `--dropout P` / `--recurrent-dropout P` (train mode) run through `fused_rnn::layer` with
 //! Keras dropout; compare with rate 0 (also the layer path) for the cost of the fused masks.
@@ -17,6 +21,10 @@
 //! FLOPs per step are `2·B·(I+H)·G·H` (G = 1, 3, 4 for rnn, gru, lstm); training (forward with
 //! recording, then BPTT with every gradient) counts 3× the forward. Without `--json` a table
 //! is printed instead.
+
+#[cfg(feature = "cuda")]
+#[path = "support/cuda_bench.rs"]
+mod cuda_bench;
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -49,6 +57,8 @@ struct Args {
     min_time: Duration,
     /// Factor on every input (a negative one flips the sign: the subnormal check).
     input_scale: f32,
+    /// `--backend cuda`: the GPU engine.
+    cuda: bool,
     /// `(dropout, recurrent_dropout)`: train through `fused_rnn::layer` with Keras dropout
     /// (either flag switches to the layer path, also at rate 0, so that the two compare).
     layer_dropout: Option<(f64, f64)>,
@@ -65,6 +75,7 @@ fn parse() -> Result<Args, String> {
         json: false,
         min_time: Duration::from_millis(300),
         input_scale: 1.0,
+        cuda: false,
         layer_dropout: None,
     };
     let (mut t, mut b, mut i, mut h) = (None, None, None, None);
@@ -104,7 +115,8 @@ fn parse() -> Result<Args, String> {
             "--threads" => a.threads = num(it.next(), "--threads")?,
             "--backend" => {
                 let v = it.next().ok_or("--backend needs a value")?;
-                a.backend = if v == "auto" {
+                a.cuda = v == "cuda";
+                a.backend = if v == "auto" || v == "cuda" {
                     None
                 } else {
                     Some(Backend::from_name(&v).map_err(|e| e.to_string())?)
@@ -384,7 +396,7 @@ fn main() -> ExitCode {
             }
             eprintln!(
                 "usage: bench --cell lstm|gru|rnn --batch B --seq T --input I --hidden H --mode infer|train|both \
-                 [--threads N] [--backend auto|scalar|avx2|avx512] [--dtype f32|bf16] [--json] [--min-time-ms MS] [--input-scale F] [--dropout P] [--recurrent-dropout P]\n       \
+                 [--threads N] [--backend auto|scalar|avx2|avx512|cuda] [--dtype f32|bf16] [--json] [--min-time-ms MS] [--input-scale F] [--dropout P] [--recurrent-dropout P]\n       \
                  bench --preset standard [--cell C] [--mode M] [--json]"
             );
             return if why.is_empty() {
@@ -394,6 +406,15 @@ fn main() -> ExitCode {
             };
         }
     };
+    if a.cuda {
+        #[cfg(feature = "cuda")]
+        return cuda_bench::run(&a);
+        #[cfg(not(feature = "cuda"))]
+        {
+            eprintln!("bench: --backend cuda: built without the `cuda` feature");
+            return ExitCode::from(2);
+        }
+    }
     match a.backend {
         Some(b) => {
             if let Err(e) = with_backend(b, || run(&a)) {

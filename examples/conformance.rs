@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example conformance -- DIR
+//! cargo run --release --features cuda --example conformance -- --backend cuda DIR
 //! ```
 //!
 //! Prints one line per case (`PASS name`, `FAIL name: …`, `SKIP name: …`) and closes with
@@ -15,10 +16,19 @@ use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: cargo run --release --example conformance -- DIR";
+const USAGE: &str = "usage: cargo run --release --example conformance -- [--backend cuda] DIR";
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    // `--backend cuda`: the GPU engine (exit 2 with the reason when there is no GPU).
+    if let Some(at) = args.iter().position(|a| a == "--backend") {
+        let name = args.get(at + 1).cloned().unwrap_or_default();
+        args.drain(at..(at + 2).min(args.len()));
+        if let Err(why) = select_backend(&name) {
+            eprintln!("conformance: {why}");
+            return ExitCode::from(2);
+        }
+    }
     let dir = match args.as_slice() {
         [flag] if flag == "-h" || flag == "--help" => {
             println!("{USAGE}");
@@ -50,5 +60,21 @@ fn main() -> ExitCode {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// Selects the engine named by `--backend` (only `cuda`; the CPU kernels are chosen with
+/// `FUSED_RNN_BACKEND`).
+fn select_backend(name: &str) -> Result<(), String> {
+    match name {
+        #[cfg(feature = "cuda")]
+        "cuda" => {
+            let device = runner::engine::use_cuda().map_err(|e| format!("--backend cuda: {e}"))?;
+            println!("backend: cuda ({device})");
+            Ok(())
+        }
+        #[cfg(not(feature = "cuda"))]
+        "cuda" => Err("--backend cuda: built without the `cuda` feature".into()),
+        other => Err(format!("unknown --backend `{other}`, expected: cuda")),
     }
 }

@@ -52,6 +52,12 @@ pub enum Error {
         /// Why it is rejected.
         reason: String,
     },
+    /// The GPU backend cannot run: no driver, no such device, or a driver call failed.
+    #[error("CUDA device: {reason}")]
+    Device {
+        /// What failed, with the driver's message.
+        reason: String,
+    },
     /// Weights of one GRU variant given for the other: `reset_after` (Keras default, PyTorch,
     /// cuDNN) and reset-before GRUs have the same tensors but different maths, so loading one
     /// as the other would silently give wrong numbers.

@@ -37,6 +37,12 @@
 //! for the selected instruction set. The large products over all `T·B` rows go through
 //! `matrixmultiply`, which dispatches on the CPU itself.
 //!
+//! ## GPU backend
+//!
+//! With the `cuda` feature, `fused_rnn::cuda` runs the built-in cells forward and backward
+//! through time on NVIDIA GPUs from PTX embedded in the library (needs only the driver at run
+//! time; `Error::Device` without one). See `docs/CUDA.md`.
+//!
 //! ## Accuracy
 //!
 //! The `f32` vector activations are within 1 ULP (`exp`), 2 ULP (`sigmoid`, `tanh`) of the
@@ -50,6 +56,8 @@
 pub mod activation;
 pub mod cell;
 pub(crate) mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod dim;
 pub mod error;
 pub mod gradcheck;

@@ -639,6 +639,9 @@ fn run_case(path: &Path) -> Result<Outcome, String> {
         .ok_or("invalid metadata: the file has no __metadata__")?;
     let meta = parse_meta(map)?;
     let config = config(&meta)?;
+    if let Some(why) = engine::unsupported(&config, meta.has_mask) {
+        return Ok(Outcome::Skip(why));
+    }
     let st =
         SafeTensors::deserialize(&bytes).map_err(|e| format!("not a safetensors file: {e}"))?;
     let tensors = load_tensors(&meta, &config, &st)?;
@@ -663,7 +666,7 @@ fn to_f64<T: Real>(v: &[T]) -> Vec<f64> {
 
 /// Builds the stack from the file's weights, runs it, and returns one message per tensor out
 /// of tolerance.
-fn run_typed<T: Real>(
+fn run_typed<T: engine::EngineReal>(
     m: &Meta,
     c: &RnnConfig,
     t: &BTreeMap<String, Vec<f64>>,
@@ -705,8 +708,16 @@ fn run_typed<T: Real>(
 
     let grads = if m.has_grads {
         let mut tape = vec![T::ZERO; rnn.tape_len(&spec).map_err(engine)?];
-        rnn.forward_train(&spec, &x, initial.as_deref(), &mut tape, &mut y, &mut fin)
-            .map_err(engine)?;
+        engine::forward_train(
+            &rnn,
+            &spec,
+            &x,
+            initial.as_deref(),
+            &mut tape,
+            &mut y,
+            &mut fin,
+        )
+        .map_err(engine)?;
         let dy: Vec<T> = to_t(get("dy"));
         let (dh, dc) = (t.get("dh_n"), t.get("dc_n"));
         // The loss has a state term only when the fixture gives one.
@@ -719,7 +730,8 @@ fn run_typed<T: Real>(
             s
         });
         let mut g = RnnGrads::zeros(&rnn, &spec).map_err(engine)?;
-        rnn.bptt(
+        engine::bptt(
+            &rnn,
             &spec,
             &x,
             initial.as_deref(),
@@ -732,8 +744,7 @@ fn run_typed<T: Real>(
         .map_err(engine)?;
         Some(g)
     } else {
-        rnn.forward(&spec, &x, initial.as_deref(), &mut y, &mut fin)
-            .map_err(engine)?;
+        engine::forward(&rnn, &spec, &x, initial.as_deref(), &mut y, &mut fin).map_err(engine)?;
         None
     };
 
@@ -783,4 +794,176 @@ fn run_typed<T: Real>(
             }
         })
         .collect())
+}
+
+/// Where the runner runs the layers: the CPU engine (`fused_rnn::layer`, the default) or, with
+/// the `cuda` feature and after [`engine::use_cuda`], the GPU engine (`fused_rnn::cuda::host`)
+/// for the cases it implements (one layer, one direction, no mask); the other cases are then
+/// SKIPPED with the reason, never passed.
+pub mod engine {
+    use fused_rnn::layer::{Rnn, RnnConfig, RnnGrads, RunSpec};
+    use fused_rnn::prelude::*;
+
+    /// The element types the runner instantiates (f32, f64), with what the GPU engine needs.
+    #[cfg(feature = "cuda")]
+    pub trait EngineReal: fused_rnn::cuda::CudaReal {}
+    #[cfg(feature = "cuda")]
+    impl<T: fused_rnn::cuda::CudaReal> EngineReal for T {}
+    /// The element types the runner instantiates (f32, f64).
+    #[cfg(not(feature = "cuda"))]
+    pub trait EngineReal: fused_rnn::Real {}
+    #[cfg(not(feature = "cuda"))]
+    impl<T: fused_rnn::Real> EngineReal for T {}
+
+    #[cfg(feature = "cuda")]
+    mod gpu {
+        use std::sync::{Arc, OnceLock};
+
+        use fused_rnn::cuda::{CudaDevice, CudaStream};
+
+        pub static DEVICE: OnceLock<(CudaDevice, Arc<CudaStream>)> = OnceLock::new();
+    }
+
+    /// Runs every later case the GPU engine implements on GPU 0; the error says why that is
+    /// impossible (no driver, no device).
+    #[cfg(feature = "cuda")]
+    pub fn use_cuda() -> Result<String> {
+        let device = fused_rnn::cuda::CudaDevice::new(0)?;
+        let name = device.name()?;
+        let stream = device.default_stream();
+        let _ = gpu::DEVICE.set((device, stream));
+        Ok(name)
+    }
+
+    /// Why the selected engine cannot run a case, if it cannot.
+    pub fn unsupported(c: &RnnConfig, has_mask: bool) -> Option<String> {
+        #[cfg(feature = "cuda")]
+        if gpu::DEVICE.get().is_some()
+            && (c.num_layers > 1
+                || c.directions() > 1
+                || has_mask
+                || c.dropout > 0.0
+                || c.recurrent_dropout > 0.0)
+        {
+            return Some(
+                "the GPU engine runs one layer, one direction, no mask, no dropout (the others \
+                 are CPU-only)"
+                    .into(),
+            );
+        }
+        let _ = (c, has_mask);
+        None
+    }
+
+    /// The sequence spec of a one-layer, one-direction run.
+    #[cfg(feature = "cuda")]
+    fn seq_spec<T: fused_rnn::Real>(rnn: &Rnn<T>, spec: &RunSpec<'_>) -> SeqSpec {
+        let c = rnn.config();
+        SeqSpec::new(spec.time_steps, spec.batch)
+            .layout(spec.layout)
+            .go_backwards(c.go_backwards)
+            .return_sequences(c.return_sequences)
+    }
+
+    /// Runs `f` on the GPU with the stack's only cell, when the GPU engine is selected.
+    #[cfg(feature = "cuda")]
+    fn on_gpu<T: EngineReal, R>(
+        rnn: &Rnn<T>,
+        run: impl FnOnce(
+            &fused_rnn::cuda::DeviceCell<T>,
+            &std::sync::Arc<fused_rnn::cuda::CudaStream>,
+        ) -> Result<R>,
+    ) -> Option<Result<R>> {
+        use fused_rnn::cuda::DeviceCell;
+        use fused_rnn::layer::AnyCell;
+        let (device, stream) = gpu::DEVICE.get()?;
+        let cell = match rnn.cell(0, 0)? {
+            AnyCell::SimpleRnn(c) => DeviceCell::new(device, stream, c),
+            AnyCell::Lstm(c) => DeviceCell::new(device, stream, c),
+            AnyCell::Gru(c) => DeviceCell::new(device, stream, c),
+        };
+        Some(cell.and_then(|c| run(&c, stream)))
+    }
+
+    /// `Rnn::forward`, on the selected engine.
+    pub fn forward<T: EngineReal>(
+        rnn: &Rnn<T>,
+        spec: &RunSpec<'_>,
+        x: &[T],
+        initial: Option<&[T]>,
+        y: &mut [T],
+        fin: &mut [T],
+    ) -> Result<()> {
+        #[cfg(feature = "cuda")]
+        if let Some(r) = on_gpu(rnn, |c, s| {
+            let out = fused_rnn::cuda::host::forward(c, s, &seq_spec(rnn, spec), x, initial)?;
+            y.copy_from_slice(&out.y);
+            fin.copy_from_slice(&out.final_state);
+            Ok(())
+        }) {
+            return r;
+        }
+        rnn.forward(spec, x, initial, y, fin)
+    }
+
+    /// `Rnn::forward_train`, on the selected engine.
+    pub fn forward_train<T: EngineReal>(
+        rnn: &Rnn<T>,
+        spec: &RunSpec<'_>,
+        x: &[T],
+        initial: Option<&[T]>,
+        tape: &mut [T],
+        y: &mut [T],
+        fin: &mut [T],
+    ) -> Result<()> {
+        #[cfg(feature = "cuda")]
+        if let Some(r) = on_gpu(rnn, |c, s| {
+            let sp = seq_spec(rnn, spec);
+            let n = fused_rnn::cuda::tape_len(c, &sp)?;
+            let out = fused_rnn::cuda::host::forward_train(c, s, &sp, x, initial, &mut tape[..n])?;
+            y.copy_from_slice(&out.y);
+            fin.copy_from_slice(&out.final_state);
+            Ok(())
+        }) {
+            return r;
+        }
+        rnn.forward_train(spec, x, initial, tape, y, fin)
+    }
+
+    /// `Rnn::bptt`, on the selected engine.
+    #[allow(clippy::too_many_arguments)]
+    pub fn bptt<T: EngineReal>(
+        rnn: &Rnn<T>,
+        spec: &RunSpec<'_>,
+        x: &[T],
+        initial: Option<&[T]>,
+        tape: &[T],
+        dy: &[T],
+        d_final: Option<&[T]>,
+        grads: &mut RnnGrads<T>,
+        mode: GradMode,
+    ) -> Result<()> {
+        #[cfg(feature = "cuda")]
+        if let Some(r) = on_gpu(rnn, |c, s| {
+            let sp = seq_spec(rnn, spec);
+            let n = fused_rnn::cuda::tape_len(c, &sp)?;
+            let g = fused_rnn::cuda::host::bptt(c, s, &sp, x, initial, &tape[..n], dy, d_final)?;
+            grads.dx.copy_from_slice(&g.dx);
+            grads.d_initial_state.copy_from_slice(&g.d_initial_state);
+            match mode {
+                GradMode::Overwrite => grads.params = vec![g.params],
+                GradMode::Accumulate => {
+                    for (acc, new) in grads.params[0].iter_mut().zip(&g.params) {
+                        for (a, &v) in acc.iter_mut().zip(new) {
+                            *a += v;
+                        }
+                    }
+                }
+            }
+            Ok(())
+        }) {
+            return r;
+        }
+        rnn.bptt(spec, x, initial, tape, dy, d_final, grads, mode)
+    }
 }
