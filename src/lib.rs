@@ -12,6 +12,8 @@
 //!   against, public for users who check their own work.
 //! - [`gradcheck`](mod@gradcheck): central finite differences for any [`Cell`].
 //! - [`layout`]: Keras, PyTorch and ONNX weight layouts.
+//! - [`capi`]: the C ABI (`include/fused_rnn.h`, `docs/C_API.md`); the crate also builds as
+//!   `cdylib` and `staticlib`.
 //!
 //! ## Gate layouts
 //!
@@ -48,6 +50,7 @@
 #![warn(missing_docs)]
 
 pub mod activation;
+pub mod capi;
 pub mod cell;
 pub(crate) mod cpu;
 pub mod dim;

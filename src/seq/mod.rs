@@ -206,7 +206,11 @@ impl Dims {
             checked_size("y", &[b, h])?
         };
         // The largest per-sequence buffers, checked here so later products cannot overflow.
-        checked_size("tape", &[t + 1, s, b, h])?;
+        let snapshots = t
+            .checked_add(1)
+            .ok_or(crate::Error::Overflow { arg: "tape" })?;
+        checked_size("tape", &[snapshots, s, b, h])?;
+        checked_size("scratch", &[b, cell.scratch_width()])?;
         checked_size(
             "tape",
             &[t, b, cell.tape_width().max(cell.projection_width())],
@@ -227,7 +231,11 @@ impl Dims {
 
     /// Length of the training record: `T + 1` state snapshots, then `T` cell records.
     fn tape_len(&self) -> Result<usize> {
-        let states = checked_size("tape", &[self.t + 1, self.state_len])?;
+        let snapshots = self
+            .t
+            .checked_add(1)
+            .ok_or(crate::Error::Overflow { arg: "tape" })?;
+        let states = checked_size("tape", &[snapshots, self.state_len])?;
         let cell = checked_size("tape", &[self.t, self.b, self.tw])?;
         states
             .checked_add(cell)
