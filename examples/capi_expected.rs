@@ -49,7 +49,12 @@ fn tensors<T: Real, K: LayoutKind>(
                 Some(g) => cell.keras_grads(g)?,
                 None => cell.to_keras(),
             };
-            [k.kernel, k.recurrent_kernel, k.bias.unwrap_or_default(), vec![]]
+            [
+                k.kernel,
+                k.recurrent_kernel,
+                k.bias.unwrap_or_default(),
+                vec![],
+            ]
         }
         Format::Torch => {
             let k = match grads {
@@ -92,7 +97,10 @@ fn case<T: Real, K: LayoutKind>(
         values::<T>(spec.time_steps * spec.batch * h, 3),
     );
     let (hx, dhy) = if with_state {
-        (values::<T>(s * spec.batch * h, 2), values::<T>(s * spec.batch * h, 4))
+        (
+            values::<T>(s * spec.batch * h, 2),
+            values::<T>(s * spec.batch * h, 4),
+        )
     } else {
         (vec![], vec![])
     };
@@ -109,7 +117,15 @@ fn case<T: Real, K: LayoutKind>(
     let run = seq::forward(cell, spec, &x, hx_o.as_deref())?;
     let mut tape = vec![T::ZERO; seq::tape_len(cell, spec)?];
     seq::forward_train(cell, spec, &x, hx_o.as_deref(), &mut tape)?;
-    let g = seq::bptt(cell, spec, &x, hx_o.as_deref(), &tape, &dy, dhy_o.as_deref())?;
+    let g = seq::bptt(
+        cell,
+        spec,
+        &x,
+        hx_o.as_deref(),
+        &tape,
+        &dy,
+        dhy_o.as_deref(),
+    )?;
     section(out, "y", &run.y);
     section(out, "hy", &run.final_state);
     section(out, "dx", &g.dx);

@@ -28,6 +28,8 @@ typedef enum FrnnStatus {
   FRNN_STATUS_UNSUPPORTED = 5,
   // An internal error (a bug in the library); the message says what happened.
   FRNN_STATUS_INTERNAL = 6,
+  // A buffer the library needs could not be allocated.
+  FRNN_STATUS_OUT_OF_MEMORY = 7,
 } FrnnStatus;
 
 // The cell of a descriptor.

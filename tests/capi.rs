@@ -1077,3 +1077,25 @@ fn many_threads_share_one_descriptor() {
         }
     });
 }
+
+/// Regression (fuzz input `fuzz/regressions/capi/oom-78c1…`): a descriptor with 2²⁸ layers
+/// used to size a per-layer offset table before rejecting the layer count, and ran out of
+/// memory. Sizes are now pure arithmetic: any layer count is answered at once, without
+/// allocating.
+#[test]
+fn huge_layer_counts_allocate_nothing() {
+    for layers in [1usize << 28, 1 << 40, usize::MAX] {
+        let mut c = config(FrnnCell::Lstm, FrnnDtype::F32, 3, 4);
+        c.num_layers = layers;
+        let mut d = ptr::null_mut();
+        // SAFETY: valid pointers.
+        let st = unsafe { frnn_rnn_desc_create(&c, &mut d) };
+        assert!(
+            matches!(st, FrnnStatus::Unsupported | FrnnStatus::Overflow),
+            "{layers}: {st:?} {}",
+            last_error()
+        );
+        assert!(d.is_null());
+    }
+    // The recorded input itself replays in `tests/fuzz_regressions.rs`.
+}

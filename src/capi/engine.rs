@@ -55,8 +55,11 @@ pub(crate) struct Desc {
     pub hidden: usize,
     pub layers: usize,
     pub directions: usize,
-    /// Offset of every `(layer, direction)` block in the weight space, then the total.
-    offsets: Vec<usize>,
+    /// Elements of one block of the first layer, of one block of a later layer, and of the
+    /// whole weight space.
+    first_block: usize,
+    block: usize,
+    total: usize,
 }
 
 fn flag(arg: &'static str, v: u32) -> CallResult<bool> {
@@ -88,8 +91,16 @@ struct BlockLens {
 }
 
 impl BlockLens {
+    fn checked_total(&self) -> Result<usize> {
+        self.kernel
+            .checked_add(self.recurrent_kernel)
+            .and_then(|s| s.checked_add(self.bias.checked_mul(2)?))
+            .ok_or(Error::Overflow {
+                arg: "weight_space",
+            })
+    }
     fn total(&self) -> usize {
-        // Each term was checked by `checked_size`, and their sum by `Desc::new`.
+        // Checked by `checked_total` when the descriptor was built.
         self.kernel + self.recurrent_kernel + 2 * self.bias
     }
 }
@@ -148,33 +159,28 @@ impl Desc {
             hidden: c.hidden_size,
             layers: c.num_layers,
             directions: c.num_directions,
-            offsets: Vec::new(),
+            first_block: 0,
+            block: 0,
+            total: 0,
         };
-        // Every size of the weight space, checked before anything is allocated for it.
-        let blocks = checked_size("num_layers", &[c.num_layers, c.num_directions])?;
-        let mut at = 0usize;
-        let mut offsets = Vec::new();
-        offsets
-            .try_reserve_exact(blocks + 1)
-            .map_err(|_| Error::Overflow { arg: "num_layers" })?;
-        for layer in 0..desc.layers {
-            let lens = desc.block_lens(layer)?;
-            let total = lens
-                .kernel
-                .checked_add(lens.recurrent_kernel)
-                .and_then(|s| s.checked_add(lens.bias.checked_mul(2)?))
-                .ok_or(Error::Overflow {
-                    arg: "weight_space",
-                })?;
-            for _ in 0..desc.directions {
-                offsets.push(at);
-                at = at.checked_add(total).ok_or(Error::Overflow {
-                    arg: "weight_space",
-                })?;
-            }
-        }
-        offsets.push(at);
-        desc.offsets = offsets;
+        // Every size of the weight space, checked by arithmetic alone (nothing is allocated
+        // per layer, however many there are): the first layer's blocks, then `L − 1` layers of
+        // equal blocks.
+        let first = desc.block_lens(0)?.checked_total()?;
+        let rest = if desc.layers > 1 {
+            desc.block_lens(1)?.checked_total()?
+        } else {
+            0
+        };
+        let total = checked_size("weight_space", &[desc.directions, first])?
+            .checked_add(checked_size(
+                "weight_space",
+                &[desc.layers - 1, desc.directions, rest],
+            )?)
+            .ok_or(Error::Overflow {
+                arg: "weight_space",
+            })?;
+        (desc.first_block, desc.block, desc.total) = (first, rest, total);
         if desc.layers > 1 || desc.directions > 1 {
             return Err(CallError::unsupported(format!(
                 "num_layers = {} and num_directions = {}: this build runs one layer in one \
@@ -183,6 +189,17 @@ impl Desc {
             )));
         }
         Ok(desc)
+    }
+
+    /// Offset of block `(layer, direction)` in the weight space (both in range).
+    fn offset(&self, layer: usize, direction: usize) -> usize {
+        // In range, so no larger than `total`, which was checked.
+        if layer == 0 {
+            direction * self.first_block
+        } else {
+            self.directions * self.first_block
+                + ((layer - 1) * self.directions + direction) * self.block
+        }
     }
 
     /// Input width of `layer`: `I` for the first, `D·H` after.
@@ -205,10 +222,10 @@ impl Desc {
 
     /// Elements of the weight space.
     pub fn weight_space_len(&self) -> usize {
-        *self.offsets.last().unwrap_or(&0)
+        self.total
     }
 
-    fn check_block(&self, layer: usize, direction: usize) -> CallResult<usize> {
+    fn check_block(&self, layer: usize, direction: usize) -> CallResult<()> {
         if layer >= self.layers {
             return Err(CallError::bad_value(
                 "layer",
@@ -224,7 +241,7 @@ impl Desc {
                 ),
             ));
         }
-        Ok(layer * self.directions + direction)
+        Ok(())
     }
 
     /// The engine's sequence spec for a C sequence configuration.
@@ -331,9 +348,10 @@ impl Desc {
         direction: usize,
     ) -> CallResult<Block<'a, T>> {
         check_len("weight_space", ws.len(), self.weight_space_len())?;
-        let k = self.check_block(layer, direction)?;
+        self.check_block(layer, direction)?;
         let lens = self.block_lens(layer)?;
-        let all = &ws[self.offsets[k]..self.offsets[k] + lens.total()];
+        let at = self.offset(layer, direction);
+        let all = &ws[at..at + lens.total()];
         let (kernel, rest) = all.split_at(lens.kernel);
         let (recurrent_kernel, rest) = rest.split_at(lens.recurrent_kernel);
         let biases = self.use_bias.then(|| rest.split_at(lens.bias));
@@ -493,7 +511,7 @@ impl Desc {
         ws: &mut [T],
     ) -> CallResult<()> {
         check_len("weight_space", ws.len(), self.weight_space_len())?;
-        let k = self.check_block(layer, direction)?;
+        self.check_block(layer, direction)?;
         let names = TENSOR_ARGS[format as usize];
         let expected = self.tensor_lens(format, layer)?;
         // A tensor the format (or a descriptor without bias) does not have may be passed as
@@ -533,7 +551,8 @@ impl Desc {
             (_, CellSpec::Gru(kind)) => import_kind(kind, i, self.hidden, format, src)?,
         };
         let lens = self.block_lens(layer)?;
-        let block = &mut ws[self.offsets[k]..self.offsets[k] + lens.total()];
+        let at = self.offset(layer, direction);
+        let block = &mut ws[at..at + lens.total()];
         let (kernel, rest) = block.split_at_mut(lens.kernel);
         let (recurrent_kernel, rest) = rest.split_at_mut(lens.recurrent_kernel);
         kernel.copy_from_slice(&internal.kernel);

@@ -58,6 +58,8 @@ pub enum FrnnStatus {
     Unsupported = 5,
     /// An internal error (a bug in the library); the message says what happened.
     Internal = 6,
+    /// A buffer the library needs could not be allocated.
+    OutOfMemory = 7,
 }
 
 /// The cell of a descriptor.
@@ -319,6 +321,7 @@ pub extern "C" fn frnn_status_name(status: i32) -> *const c_char {
         4 => "FRNN_STATUS_OVERFLOW\0",
         5 => "FRNN_STATUS_UNSUPPORTED\0",
         6 => "FRNN_STATUS_INTERNAL\0",
+        7 => "FRNN_STATUS_OUT_OF_MEMORY\0",
         _ => "FRNN_STATUS_UNKNOWN\0",
     };
     s.as_ptr().cast()

@@ -46,6 +46,7 @@ impl From<Error> for CallError {
                 FrnnStatus::BadSize
             }
             Error::Overflow { .. } => FrnnStatus::Overflow,
+            Error::Allocation { .. } => FrnnStatus::OutOfMemory,
             _ => FrnnStatus::BadValue,
         };
         Self::new(status, e.to_string())

@@ -42,7 +42,7 @@ pub use run::{bptt, bptt_into, forward, forward_train, tape_len};
 pub use stream::Stream;
 
 use crate::cell::Cell;
-use crate::error::{Result, check_len, check_nonzero, checked_size};
+use crate::error::{Result, check_len, check_nonzero, checked_size, try_filled};
 use crate::real::Real;
 
 /// Memory order of `x`, `dx` and a sequence `y`.
@@ -154,9 +154,13 @@ impl<T: Real> Gradients<T> {
     pub fn zeros<C: Cell<T> + ?Sized>(cell: &C, spec: &SeqSpec) -> Result<Self> {
         let d = Dims::new(cell, spec)?;
         Ok(Self {
-            dx: vec![T::ZERO; d.x_len],
-            d_initial_state: vec![T::ZERO; d.state_len],
-            params: crate::cell::zero_grads(cell),
+            dx: try_filled("dx", d.x_len, T::ZERO)?,
+            d_initial_state: try_filled("d_initial_state", d.state_len, T::ZERO)?,
+            params: cell
+                .params()
+                .iter()
+                .map(|p| try_filled("params", p.data.len(), T::ZERO))
+                .collect::<Result<_>>()?,
         })
     }
 }
