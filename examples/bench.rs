@@ -7,6 +7,9 @@
 //! cargo run --release --example bench -- --preset standard [--mode infer|train|both] [--json]
 //! ```
 //!
+//! `--dropout P` / `--recurrent-dropout P` (train mode) run through `fused_rnn::layer` with
+//! Keras dropout; compare with rate 0 (also the layer path) for the cost of the fused masks.
+//!
 //! `--input-scale F` multiplies every input by `F`: comparing `F` with `−F` (e.g. ±60, which
 //! drives gates to 0 and 1 and, without flushing, their derivatives and products towards
 //! subnormal numbers) shows whether a sign flip slows a kernel down.
@@ -46,6 +49,9 @@ struct Args {
     min_time: Duration,
     /// Factor on every input (a negative one flips the sign: the subnormal check).
     input_scale: f32,
+    /// `(dropout, recurrent_dropout)`: train through `fused_rnn::layer` with Keras dropout
+    /// (either flag switches to the layer path, also at rate 0, so that the two compare).
+    layer_dropout: Option<(f64, f64)>,
 }
 
 fn parse() -> Result<Args, String> {
@@ -59,6 +65,7 @@ fn parse() -> Result<Args, String> {
         json: false,
         min_time: Duration::from_millis(300),
         input_scale: 1.0,
+        layer_dropout: None,
     };
     let (mut t, mut b, mut i, mut h) = (None, None, None, None);
     let mut cell_given = false;
@@ -131,6 +138,14 @@ fn parse() -> Result<Args, String> {
             }
             "--min-time-ms" => {
                 a.min_time = Duration::from_millis(num(it.next(), "--min-time-ms")? as u64)
+            }
+            "--dropout" | "--recurrent-dropout" => {
+                let v = it.next().ok_or(format!("{flag} needs a value"))?;
+                let p: f64 = v
+                    .parse()
+                    .map_err(|_| format!("{flag}: `{v}` is not a number"))?;
+                let (d, r) = a.layer_dropout.unwrap_or((0.0, 0.0));
+                a.layer_dropout = Some(if flag == "--dropout" { (p, r) } else { (d, p) });
             }
             "--json" => a.json = true,
             "-h" | "--help" => return Err(String::new()),
@@ -233,6 +248,27 @@ fn bench_cell<C: Cell<f32>>(
         let times = if mode == "infer" {
             measure(a.min_time, || {
                 std::hint::black_box(seq::forward(cell, &spec, &x, None).unwrap());
+            })
+        } else if let Some((p, rp)) = a.layer_dropout {
+            use fused_rnn::layer::{CellConfig, Rnn, RnnConfig, RnnGrads, RunSpec};
+            let kind = match name {
+                "lstm" => CellConfig::Lstm(LstmKind::default()),
+                "gru" => CellConfig::Gru(GruKind::default()),
+                _ => CellConfig::SimpleRnn(SimpleRnnKind::default()),
+            };
+            let rnn = Rnn::<f32>::random(RnnConfig::new(kind, i, h).dropout(p, rp), 1).unwrap();
+            let rs = RunSpec::new(t, b).layout(Layout::BatchMajor).seed(7);
+            let mut tape = vec![0.0; rnn.tape_len(&rs).unwrap()];
+            let mut y = vec![0.0; rnn.y_len(&rs).unwrap()];
+            let mut fin = vec![0.0; rnn.state_len(b).unwrap()];
+            let dy = vec![1e-2f32; y.len()];
+            let mut g = RnnGrads::zeros(&rnn, &rs).unwrap();
+            measure(a.min_time, || {
+                rnn.forward_train(&rs, &x, None, &mut tape, &mut y, &mut fin)
+                    .unwrap();
+                rnn.bptt(&rs, &x, None, &tape, &dy, None, &mut g, GradMode::Overwrite)
+                    .unwrap();
+                std::hint::black_box(&g);
             })
         } else {
             let mut tape = vec![0.0; seq::tape_len(cell, &spec).unwrap()];
@@ -348,7 +384,7 @@ fn main() -> ExitCode {
             }
             eprintln!(
                 "usage: bench --cell lstm|gru|rnn --batch B --seq T --input I --hidden H --mode infer|train|both \
-                 [--threads N] [--backend auto|scalar|avx2|avx512] [--dtype f32|bf16] [--json] [--min-time-ms MS] [--input-scale F]\n       \
+                 [--threads N] [--backend auto|scalar|avx2|avx512] [--dtype f32|bf16] [--json] [--min-time-ms MS] [--input-scale F] [--dropout P] [--recurrent-dropout P]\n       \
                  bench --preset standard [--cell C] [--mode M] [--json]"
             );
             return if why.is_empty() {

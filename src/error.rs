@@ -52,6 +52,23 @@ pub enum Error {
         /// Why it is rejected.
         reason: String,
     },
+    /// Weights of one GRU variant given for the other: `reset_after` (Keras default, PyTorch,
+    /// cuDNN) and reset-before GRUs have the same tensors but different maths, so loading one
+    /// as the other would silently give wrong numbers.
+    #[error(
+        "GRU variant mismatch: `{tensor}` holds {source_kind} weights of a GRU with \
+         reset_after = {found}, the configuration says reset_after = {expected}"
+    )]
+    GruVariant {
+        /// The tensor that shows the variant.
+        tensor: String,
+        /// Whose layout the weights are in (`keras`, `torch`).
+        source_kind: &'static str,
+        /// The configuration's `reset_after`.
+        expected: bool,
+        /// The weights' `reset_after`.
+        found: bool,
+    },
     /// A product of sizes overflows `usize`.
     #[error("`{arg}`: size overflows usize")]
     Overflow {

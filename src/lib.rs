@@ -56,6 +56,7 @@ pub(crate) mod cpu;
 pub mod dim;
 pub mod error;
 pub mod gradcheck;
+pub mod layer;
 pub mod layout;
 pub mod real;
 pub mod reference;

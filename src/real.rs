@@ -99,7 +99,7 @@ mod private {
 }
 
 macro_rules! impl_real {
-    ($t:ty, $name:literal, $gemm:path) => {
+    ($t:ty, $name:literal, $gemm:path, $blas:path) => {
         impl Real for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
@@ -140,6 +140,11 @@ macro_rules! impl_real {
                 rsc: isize,
                 csc: isize,
             ) {
+                #[cfg(feature = "openblas")]
+                // SAFETY: forwarded contract; the caller guarantees every addressed element is valid.
+                if unsafe { $blas(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) } {
+                    return;
+                }
                 // SAFETY: forwarded contract; the caller guarantees every addressed element is valid.
                 unsafe { $gemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
             }
@@ -147,5 +152,5 @@ macro_rules! impl_real {
     };
 }
 
-impl_real!(f32, "f32", matrixmultiply::sgemm);
-impl_real!(f64, "f64", matrixmultiply::dgemm);
+impl_real!(f32, "f32", matrixmultiply::sgemm, crate::cpu::blas::sgemm);
+impl_real!(f64, "f64", matrixmultiply::dgemm, crate::cpu::blas::dgemm);

@@ -659,7 +659,19 @@ enum Trace {
 
 /// One step of one sequence: from `x` and the state (`[h]` or `[h, c]`) to the next state.
 fn step(cell: &RefCell, x: &DVector<f64>, state: &[DVector<f64>]) -> (Vec<DVector<f64>>, Trace) {
-    let h = &state[0];
+    step_dropped(cell, x, state, &state[0])
+}
+
+/// [`step`] with `h_prod` (the state after recurrent dropout) in the recurrent products and
+/// the undropped `state` everywhere else (GRU's update `z ⊙ h`), as Keras does.
+fn step_dropped(
+    cell: &RefCell,
+    x: &DVector<f64>,
+    state: &[DVector<f64>],
+    h_prod: &DVector<f64>,
+) -> (Vec<DVector<f64>>, Trace) {
+    let h = h_prod;
+    let h_undropped = &state[0];
     match cell.kind {
         RefKind::SimpleRnn { activation } => {
             let a = cell.input_side(0, x) + cell.recurrent_side(0, h);
@@ -696,7 +708,7 @@ fn step(cell: &RefCell, x: &DVector<f64>, state: &[DVector<f64>]) -> (Vec<DVecto
             };
             let cand = apply(activation, &a_cand);
             // h_next = z ⊙ h + (1 − z) ⊙ h̃
-            let h_next = z.component_mul(h) + z.map(|v| 1.0 - v).component_mul(&cand);
+            let h_next = z.component_mul(h_undropped) + z.map(|v| 1.0 - v).component_mul(&cand);
             let trace = Trace::Gru {
                 a_z,
                 a_r,
@@ -1219,4 +1231,197 @@ mod tests {
             Err(Error::Mismatch { arg: "kernel", .. })
         ));
     }
+}
+
+// ------------------------------------------------------------------ layers
+
+/// How outputs at padded steps look (see [`crate::layer::MaskSemantics`]).
+pub use crate::layer::MaskSemantics as RefMaskSemantics;
+pub use crate::layer::Merge as RefMerge;
+
+/// A stack of layers for [`stack_forward`]: cells `layer·D + direction`, each with its own
+/// input width, and the stack's options, with exactly the semantics documented in
+/// [`crate::layer`].
+#[derive(Debug, Clone)]
+pub struct RefStack {
+    /// `L·D` cells.
+    pub cells: Vec<RefCell>,
+    /// Layers `L`.
+    pub layers: usize,
+    /// Two directions per layer.
+    pub bidirectional: bool,
+    /// Merge of the two directions.
+    pub merge: RefMerge,
+    /// Keras `go_backwards` (one direction, one layer).
+    pub go_backwards: bool,
+    /// Every output, or the last.
+    pub return_sequences: bool,
+    /// Outputs at padded steps.
+    pub mask_semantics: RefMaskSemantics,
+}
+
+/// Dropout masks for [`stack_forward`], already scaled (`0` or `1 / (1 − p)`).
+#[derive(Debug, Clone, Default)]
+pub struct RefDropout {
+    /// Per cell, `[B, I_layer]` on the layer's inputs.
+    pub input: Vec<Option<Vec<f64>>>,
+    /// Per cell, `[B, H]` on the state entering the recurrent products.
+    pub recurrent: Vec<Option<Vec<f64>>>,
+    /// Per layer but the last, `[T, B, W]` on its merged output.
+    pub between: Vec<Option<Vec<f64>>>,
+}
+
+/// Runs a whole stack, one sequence, layer, direction and step at a time: `x` time-major
+/// `[T, B, I]`, `lengths` one per sequence (`<= T`), `initial` `[S, L·D, B, H]`. Returns `y`
+/// time-major (`[T, B, W]`, processing order with `go_backwards`; `[B, W]` without
+/// `return_sequences`; `[D, …]` for an unmerged pair) and the final states `[S, L·D, B, H]`.
+#[allow(clippy::too_many_arguments)]
+pub fn stack_forward(
+    stack: &RefStack,
+    x: &[f64],
+    t: usize,
+    b: usize,
+    lengths: &[usize],
+    initial: Option<&[f64]>,
+    dropout: Option<&RefDropout>,
+) -> Result<RefRun> {
+    let d_count = if stack.bidirectional { 2 } else { 1 };
+    let ld = stack.layers * d_count;
+    check_len("cells", stack.cells.len(), ld)?;
+    check_len("lengths", lengths.len(), b)?;
+    for c in &stack.cells {
+        c.validate()?;
+    }
+    let (h, s) = (stack.cells[0].hidden, stack.cells[0].states());
+    check_len("x", x.len(), t * b * stack.cells[0].input)?;
+    if let Some(init) = initial {
+        check_len("initial_state", init.len(), s * ld * b * h)?;
+    }
+    let keras = stack.mask_semantics == RefMaskSemantics::Keras;
+    let mut final_state = vec![0.0; s * ld * b * h];
+    // The current layer's input per sequence: [T] vectors.
+    let mut inputs: Vec<Vec<DVector<f64>>> = (0..b)
+        .map(|n| {
+            let i = stack.cells[0].input;
+            (0..t)
+                .map(|k| DVector::from_column_slice(&x[(k * b + n) * i..][..i]))
+                .collect()
+        })
+        .collect();
+    let merge = |m: RefMerge, a: &DVector<f64>, c: Option<&DVector<f64>>| -> DVector<f64> {
+        match c {
+            None => a.clone(),
+            Some(c) => match m {
+                RefMerge::Concat | RefMerge::None => {
+                    DVector::from_iterator(2 * h, a.iter().chain(c.iter()).copied())
+                }
+                RefMerge::Sum => a + c,
+                RefMerge::Mul => a.component_mul(c),
+                RefMerge::Ave => (a + c) * 0.5,
+            },
+        }
+    };
+    let mut y = Vec::new();
+    for layer in 0..stack.layers {
+        let last_layer = layer + 1 == stack.layers;
+        let rs = !last_layer || stack.return_sequences;
+        // outs[d][n][k]: direction d's output at source step k; lasts[d][n]: its last output.
+        let mut outs = vec![vec![vec![DVector::zeros(h); t]; b]; d_count];
+        let mut lasts = vec![vec![DVector::zeros(h); b]; d_count];
+        for dir in 0..d_count {
+            let ci = layer * d_count + dir;
+            let cell = &stack.cells[ci];
+            let reverse = dir == 1 || stack.go_backwards;
+            let carries = keras && dir == 0 && !stack.go_backwards && !(stack.bidirectional && rs);
+            for n in 0..b {
+                let mut state: Vec<DVector<f64>> = (0..s)
+                    .map(|j| match initial {
+                        Some(init) => {
+                            DVector::from_column_slice(&init[((j * ld + ci) * b + n) * h..][..h])
+                        }
+                        None => DVector::zeros(h),
+                    })
+                    .collect();
+                let len = lengths[n];
+                let steps: Vec<usize> = if reverse {
+                    (0..len).rev().collect()
+                } else {
+                    (0..len).collect()
+                };
+                for &k in &steps {
+                    let mut xin = inputs[n][k].clone();
+                    if let Some(m) = dropout.and_then(|d| d.input.get(ci)?.as_ref()) {
+                        let i = cell.input;
+                        xin.component_mul_assign(&DVector::from_column_slice(&m[n * i..][..i]));
+                    }
+                    let h_prod = match dropout.and_then(|d| d.recurrent.get(ci)?.as_ref()) {
+                        Some(m) => {
+                            state[0].component_mul(&DVector::from_column_slice(&m[n * h..][..h]))
+                        }
+                        None => state[0].clone(),
+                    };
+                    state = step_dropped(cell, &xin, &state, &h_prod).0;
+                    outs[dir][n][k] = state[0].clone();
+                }
+                if carries && len > 0 {
+                    for out in &mut outs[dir][n][len..t] {
+                        *out = state[0].clone();
+                    }
+                }
+                if len > 0 {
+                    lasts[dir][n] = state[0].clone();
+                }
+                for (j, v) in state.iter().enumerate() {
+                    final_state[((j * ld + ci) * b + n) * h..][..h].copy_from_slice(v.as_slice());
+                }
+            }
+        }
+        if !last_layer {
+            for n in 0..b {
+                for k in 0..t {
+                    let mut v = merge(stack.merge, &outs[0][n][k], outs.get(1).map(|o| &o[n][k]));
+                    if let Some(m) = dropout.and_then(|d| d.between.get(layer)?.as_ref()) {
+                        let w = v.len();
+                        v.component_mul_assign(&DVector::from_column_slice(
+                            &m[(k * b + n) * w..][..w],
+                        ));
+                    }
+                    inputs[n][k] = v;
+                }
+            }
+            continue;
+        }
+        let planes = if stack.bidirectional && stack.merge == RefMerge::None {
+            2
+        } else {
+            1
+        };
+        if stack.return_sequences {
+            for plane in 0..planes {
+                for p in 0..t {
+                    let k = if stack.go_backwards { t - 1 - p } else { p };
+                    for n in 0..b {
+                        let v = if planes == 2 {
+                            outs[plane][n][k].clone()
+                        } else {
+                            merge(stack.merge, &outs[0][n][k], outs.get(1).map(|o| &o[n][k]))
+                        };
+                        y.extend_from_slice(v.as_slice());
+                    }
+                }
+            }
+        } else {
+            for plane in 0..planes {
+                for n in 0..b {
+                    let v = if planes == 2 {
+                        lasts[plane][n].clone()
+                    } else {
+                        merge(stack.merge, &lasts[0][n], lasts.get(1).map(|o| &o[n]))
+                    };
+                    y.extend_from_slice(v.as_slice());
+                }
+            }
+        }
+    }
+    Ok(RefRun { y, final_state })
 }

@@ -36,7 +36,8 @@ fn check<C: Cell<f32> + Clone>(name: &str, cell: &C, mut with_bf16: impl FnMut(&
         .into_iter()
         .filter(|b| *b != Backend::Scalar)
     {
-        for b in [1, 3] {
+        // Row blocks of the packed kernels: 1; 2 + 1; 8, 6 or 4 rows + the rest.
+        for b in [1, 3, 13] {
             let (worst, scale) =
                 with_backend(backend, || worst_difference(cell, &bf16, 100, b)).unwrap();
             println!(

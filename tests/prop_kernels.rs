@@ -263,8 +263,9 @@ where
 fn case(kind: RefKind, magnitude: Magnitude) -> impl Strategy<Value = Case> {
     (
         1..=6usize,
-        // Batches above 4 take the matrix-product path of the recurrent step.
-        1..=7usize,
+        // Up to 31 rows the forward step runs the packed kernels, in row blocks of 8, 6, 4, 2
+        // and 1; from 32 rows (with fewer than 256 units) the matrix-product path.
+        prop_oneof![3 => 1..=17usize, 1 => 32..=35usize],
         1..=11usize,
         // Past 2·16 so that full AVX-512 registers, register tiles and tails all occur.
         1..=37usize,

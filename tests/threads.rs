@@ -11,8 +11,9 @@ fn bits(v: &[f32]) -> Vec<u32> {
 }
 
 fn same_with_threads<C: Cell<f32>>(name: &str, cell: &C, split: &mut usize) {
-    // B ≤ 4 runs the row kernels (packed on SIMD backends), B > 4 the matrix-product path.
-    for (t, b) in [(1, 1), (7, 1), (5, 3), (4, 4), (3, 6), (2, 9)] {
+    // Up to 31 rows the packed kernels (on SIMD backends), in row blocks; 33 rows of fewer than
+    // 256 units the matrix-product path.
+    for (t, b) in [(1, 1), (7, 1), (5, 3), (4, 4), (3, 6), (2, 9), (2, 33)] {
         if cell.max_parts(b) > 1 {
             *split += 1;
         }

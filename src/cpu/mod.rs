@@ -17,6 +17,8 @@
 //! thread and one closure force another. `f32` kernels use explicit SIMD on AVX2 and AVX-512;
 //! `f64` kernels run the portable code compiled for the selected ISA.
 
+#[cfg(feature = "openblas")]
+pub(crate) mod blas;
 pub(crate) mod gemm;
 pub(crate) mod math;
 pub(crate) mod ops;
@@ -315,18 +317,31 @@ pub(crate) fn part_units(part: crate::cell::Part, hidden: usize) -> std::ops::Ra
     (tiles.start * packed::TILE_UNITS).min(hidden)..(tiles.end * packed::TILE_UNITS).min(hidden)
 }
 
-/// Runs `job` on the packed, register-fused kernels when they apply (a forward step of at most
-/// [`SMALL_ROWS`] rows, GRU reset-after only); otherwise hands it back.
+/// Forward steps of at least this many rows and fewer than [`PACKED_MIN_UNITS`] hidden units run
+/// the matrix-product path instead of the packed kernels: with many rows per step, packing the
+/// recurrent kernel inside the product costs little, and its register tile beats the packed
+/// kernels' (measured with `examples/bench` on LSTM, GRU and SimpleRNN at B = 32 and 64,
+/// H = 32 to 1024).
+const PACKED_MAX_ROWS: usize = 32;
+/// See [`PACKED_MAX_ROWS`].
+const PACKED_MIN_UNITS: usize = 256;
+
+/// Runs `job` on the packed, register-fused kernels when they apply (a forward step, GRU
+/// reset-after only, not both many rows and few units: see [`PACKED_MAX_ROWS`]); otherwise
+/// hands it back.
 #[inline(always)]
 fn run_packed<'a, S: simd::SimdF32, I: Dim, H: Dim>(
     s: S,
     job: Job<'a, f32, I, H>,
 ) -> Option<Job<'a, f32, I, H>> {
     use packed::{Fused, PackedStep};
+    let packs = |batch: usize, w: &RecurrentWeights<f32, I, H>| {
+        batch < PACKED_MAX_ROWS || w.hidden.value() >= PACKED_MIN_UNITS
+    };
     let (kind, w, st) = match job {
-        Job::LstmFwd(k, w, st) if st.batch <= SMALL_ROWS => (Fused::Lstm(k), w, st),
-        Job::GruFwd(k, w, st) if st.batch <= SMALL_ROWS && k.reset_after => (Fused::Gru(k), w, st),
-        Job::RnnFwd(k, w, st) if st.batch <= SMALL_ROWS => (Fused::Rnn(k), w, st),
+        Job::LstmFwd(k, w, st) if packs(st.batch, w) => (Fused::Lstm(k), w, st),
+        Job::GruFwd(k, w, st) if k.reset_after && packs(st.batch, w) => (Fused::Gru(k), w, st),
+        Job::RnnFwd(k, w, st) if packs(st.batch, w) => (Fused::Rnn(k), w, st),
         other => return Some(other),
     };
     let p = w.packed();
@@ -457,4 +472,36 @@ pub(crate) fn init_with_bias<T: Real>(out: &mut [T], bias: &[T]) {
     } else {
         out.copy_from_slice(&bias[..out.len()]);
     }
+}
+
+/// `dx[r] += d[r] · w[:, col0..col0 + k]ᵀ` and `dw[:, col0..col0 + k] += x[:rows]ᵀ · d` for
+/// `rows` rows of width `k` (`w` rows `ldw` apart): the backward of one gate block's product,
+/// used by the layers' recurrent-dropout correction.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gate_block_backward<T: Real>(
+    k: usize,
+    rows: usize,
+    x: &[T],
+    w: &[T],
+    ldw: usize,
+    col0: usize,
+    d: &[T],
+    dx: &mut [T],
+    dw: &mut [T],
+) {
+    step::product_rows_backward(
+        ScalarOps,
+        crate::dim::Dyn(k),
+        rows,
+        x,
+        k,
+        w,
+        ldw,
+        col0,
+        d,
+        k,
+        k,
+        dx,
+        dw,
+    );
 }

@@ -2,8 +2,10 @@
 //! backend ([`ScalarOps`], any element type) and the SIMD backends ([`SimdOps`], `f32`).
 
 use super::math;
+use super::packed;
 use super::simd::SimdF32;
 use crate::activation::Activation;
+use crate::cell::RecurrentWeights;
 use crate::dim::Dim;
 use crate::real::Real;
 
@@ -20,6 +22,19 @@ pub trait RowOps<T: Real>: Copy {
     fn ger_acc<K: Dim>(self, rows: K, v: &[T], d: &[T], w: &mut [T], ld: usize);
     /// `x[j] = act(x[j])`.
     fn activate(self, act: Activation, x: &mut [T]);
+    /// `dh[b, :] += d[b, :] · recurrent_kernelᵀ` over all `G·H` columns for rows `b < batch`
+    /// (`d` rows `G·H` apart, `dh` rows `H` apart) on kernels of this backend's own, returning
+    /// `false` when it has none (the caller then runs the product).
+    #[inline(always)]
+    fn recurrent_grad<I: Dim, H: Dim>(
+        self,
+        _w: &RecurrentWeights<T, I, H>,
+        _batch: usize,
+        _d: &[T],
+        _dh: &mut [T],
+    ) -> bool {
+        false
+    }
 }
 
 /// Checks that `w` holds `rows` rows of `n` columns, `ld` apart.
@@ -109,6 +124,23 @@ impl<S: SimdF32> RowOps<f32> for SimdOps<S> {
             #[inline(always)]
             || simd_ger_acc(s, rows, v, d, w, ld),
         )
+    }
+
+    #[inline(always)]
+    fn recurrent_grad<I: Dim, H: Dim>(
+        self,
+        w: &RecurrentWeights<f32, I, H>,
+        batch: usize,
+        d: &[f32],
+        dh: &mut [f32],
+    ) -> bool {
+        let s = self.0;
+        let p = w.packed();
+        s.vectorize(
+            #[inline(always)]
+            || packed::recurrent_grad(s, p, batch, d, dh),
+        );
+        true
     }
 
     #[inline(always)]

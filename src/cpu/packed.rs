@@ -33,43 +33,64 @@ pub struct PackedRecurrent {
     weights_bf16: OnceLock<Vec<u16>>,
     /// `[tiles][G][16]`, zeros without a recurrent bias.
     bias: Vec<f32>,
+    /// `recurrent_kernelᵀ` in tiles of 16 of its `H` columns, `[tiles][G·H][16]`, built on first
+    /// use by a backward step (see [`recurrent_grad`]).
+    transposed: OnceLock<Vec<f32>>,
 }
 
 /// An element type of packed panels, with the tile accumulation over its layout: `f32` panels
 /// `[tiles][H][G][16]`, or bfloat16 panels `[tiles][⌈H/2⌉][G][16][2]` that pair rows `2m` and
 /// `2m + 1` in one 32-bit lane, so one load and two bit operations widen two weights exactly.
 pub(crate) trait PanelElem: Copy {
-    /// `acc[g][v] += Σ_k h_prev[k] · U[k, g·H + units of register v]` over the panel of one
-    /// tile, `panel` holding exactly that tile.
-    fn accumulate<S: SimdF32, const G: usize>(
+    /// Batch rows one pass over a tile's panel serves on an ISA of `lanes` `f32` lanes, for
+    /// `gates` gates: as many as leave the accumulators (`rows · gates · 16 / lanes`
+    /// registers), the weights of one step of the reduction and the broadcast states in
+    /// registers (32 with AVX-512, 16 with AVX2).
+    fn row_block(lanes: usize, gates: usize) -> usize;
+
+    /// `acc[r][g][v] += Σ_k h_prev[r][k] · U[k, g·H + units of register v]` over the panel of
+    /// one tile for `R` batch rows, `panel` holding exactly that tile; every row of `h_prev`
+    /// has the panel's reduction length.
+    fn accumulate<S: SimdF32, const G: usize, const R: usize>(
         s: S,
         panel: &[Self],
-        h_prev: &[f32],
-        acc: &mut [[S::V; 16]; G],
+        h_prev: [&[f32]; R],
+        acc: &mut [[[S::V; 16]; G]; R],
     );
 }
 
 impl PanelElem for f32 {
+    fn row_block(lanes: usize, gates: usize) -> usize {
+        match (lanes, gates) {
+            (16, 4) => 6,
+            (16, _) => 8,
+            (8, 4) => 1,
+            (8, 3) => 2,
+            _ => 4,
+        }
+    }
+
     #[inline(always)]
-    fn accumulate<S: SimdF32, const G: usize>(
+    fn accumulate<S: SimdF32, const G: usize, const R: usize>(
         s: S,
         panel: &[f32],
-        h_prev: &[f32],
-        acc: &mut [[S::V; 16]; G],
+        h_prev: [&[f32]; R],
+        acc: &mut [[[S::V; 16]; G]; R],
     ) {
         let regs = TILE_UNITS / S::LANES;
-        assert!(panel.len() >= h_prev.len() * G * TILE_UNITS);
-        for (k, &hk) in h_prev.iter().enumerate() {
-            let hk = s.splat(hk);
+        let len = h_prev[0].len();
+        let h_prev = h_prev.map(|r| &r[..len]);
+        assert!(panel.len() >= len * G * TILE_UNITS);
+        for k in 0..len {
+            let hk: [S::V; R] = std::array::from_fn(|r| s.splat(h_prev[r][k]));
             let row = panel[k * G * TILE_UNITS..].as_ptr();
-            for (g, ag) in acc.iter_mut().enumerate() {
-                for (v, a) in ag.iter_mut().enumerate().take(regs) {
-                    // SAFETY: (k·G + g)·16 + v·LANES + LANES ≤ H·G·16 ≤ panel.len().
-                    *a = s.fma(
-                        hk,
-                        unsafe { s.load_ptr(row.add(g * TILE_UNITS + v * S::LANES)) },
-                        *a,
-                    );
+            for g in 0..G {
+                for v in 0..regs {
+                    // SAFETY: (k·G + g)·16 + v·LANES + LANES ≤ len·G·16 ≤ panel.len().
+                    let w = unsafe { s.load_ptr(row.add(g * TILE_UNITS + v * S::LANES)) };
+                    for (a, &h) in acc.iter_mut().zip(&hk) {
+                        a[g][v] = s.fma(h, w, a[g][v]);
+                    }
                 }
             }
         }
@@ -77,28 +98,44 @@ impl PanelElem for f32 {
 }
 
 impl PanelElem for u16 {
+    fn row_block(lanes: usize, gates: usize) -> usize {
+        // Two widened weight registers per gate register and two broadcasts per row.
+        match (lanes, gates) {
+            (16, 4) => 6,
+            (16, 3) => 6,
+            (16, _) => 8,
+            (8, 1) => 4,
+            _ => 1,
+        }
+    }
+
     #[inline(always)]
-    fn accumulate<S: SimdF32, const G: usize>(
+    fn accumulate<S: SimdF32, const G: usize, const R: usize>(
         s: S,
         panel: &[u16],
-        h_prev: &[f32],
-        acc: &mut [[S::V; 16]; G],
+        h_prev: [&[f32]; R],
+        acc: &mut [[[S::V; 16]; G]; R],
     ) {
         let regs = TILE_UNITS / S::LANES;
-        let pairs = h_prev.len().div_ceil(2);
+        let len = h_prev[0].len();
+        let h_prev = h_prev.map(|r| &r[..len]);
+        let pairs = len.div_ceil(2);
         assert!(panel.len() >= pairs * G * TILE_UNITS * 2);
         for m in 0..pairs {
-            let h0 = s.splat(h_prev[2 * m]);
-            // An odd H pads the last pair with zero weights; its row contributes 0·0.
-            let h1 = s.splat(h_prev.get(2 * m + 1).copied().unwrap_or(0.0));
+            let h0: [S::V; R] = std::array::from_fn(|r| s.splat(h_prev[r][2 * m]));
+            // An odd length pads the last pair with zero weights; its row contributes 0·0.
+            let h1: [S::V; R] =
+                std::array::from_fn(|r| s.splat(h_prev[r].get(2 * m + 1).copied().unwrap_or(0.0)));
             let row = panel[m * G * TILE_UNITS * 2..].as_ptr();
-            for (g, ag) in acc.iter_mut().enumerate() {
-                for (v, a) in ag.iter_mut().enumerate().take(regs) {
+            for g in 0..G {
+                for v in 0..regs {
                     // SAFETY: (m·G + g)·32 + 2·(v·LANES + LANES) ≤ pairs·G·32 ≤ panel.len().
                     let (w0, w1) = unsafe {
                         s.load_bf16_pairs_ptr(row.add(2 * (g * TILE_UNITS + v * S::LANES)))
                     };
-                    *a = s.fma(h1, w1, s.fma(h0, w0, *a));
+                    for (a, (&h0, &h1)) in acc.iter_mut().zip(h0.iter().zip(&h1)) {
+                        a[g][v] = s.fma(h1, w1, s.fma(h0, w0, a[g][v]));
+                    }
                 }
             }
         }
@@ -146,14 +183,41 @@ impl PackedRecurrent {
             weights,
             weights_bf16: OnceLock::new(),
             bias,
+            transposed: OnceLock::new(),
         }
+    }
+
+    /// Gates per unit, `G`.
+    fn gates(&self) -> usize {
+        self.bias.len() / self.tiles() / TILE_UNITS
+    }
+
+    /// The transposed panels (see [`recurrent_grad`]), built from the forward panels on first
+    /// use.
+    fn transposed(&self) -> &[f32] {
+        self.transposed.get_or_init(|| {
+            let (h, g, tiles) = (self.hidden, self.gates(), self.tiles());
+            let mut out = vec![0.0; tiles * g * h * TILE_UNITS];
+            // Forward panel element U[k, gate·H + j] → transposed element (k, gate·H + j):
+            // tile k / 16, reduction index gate·H + j, lane k % 16.
+            for k in 0..h {
+                for gate in 0..g {
+                    for j in 0..h {
+                        let (tile, u) = (j / TILE_UNITS, j % TILE_UNITS);
+                        let w = self.weights[((tile * h + k) * g + gate) * TILE_UNITS + u];
+                        let at = ((k / TILE_UNITS) * g * h + gate * h + j) * TILE_UNITS;
+                        out[at + k % TILE_UNITS] = w;
+                    }
+                }
+            }
+            out
+        })
     }
 
     /// The weights as bfloat16 in row-pair layout (see [`PanelElem`]), rounded on first use.
     pub(crate) fn weights_bf16(&self) -> &[u16] {
         self.weights_bf16.get_or_init(|| {
-            let (h, tiles) = (self.hidden, self.tiles());
-            let g = self.bias.len() / tiles / TILE_UNITS;
+            let (h, tiles, g) = (self.hidden, self.tiles(), self.gates());
             let pairs = h.div_ceil(2);
             let mut out = vec![0u16; tiles * pairs * g * TILE_UNITS * 2];
             for tile in 0..tiles {
@@ -292,37 +356,40 @@ impl<'a> PackedStep<'a> {
     }
 }
 
-/// Gate accumulators of one tile and row: `acc[g][v] = bias + h_prev · U` over the tile's
-/// units, `v` counting registers of the 16 units.
+/// Gate accumulators of one tile for `R` batch rows: `acc[r][g][v] = bias + h_prev[r] · U`
+/// over the tile's units, `v` counting registers of the 16 units.
 #[inline(always)]
-fn accumulate<S: SimdF32, E: PanelElem, const G: usize>(
+fn accumulate<S: SimdF32, E: PanelElem, const G: usize, const R: usize>(
     s: S,
     p: &PackedRecurrent,
     weights: &[E],
     tile: usize,
-    h_prev: &[f32],
-) -> [[S::V; 16]; G] {
+    h_prev: [&[f32]; R],
+) -> [[[S::V; 16]; G]; R] {
     let regs = TILE_UNITS / S::LANES;
-    let h = p.hidden;
-    let mut acc = [[s.splat(0.0); 16]; G];
     let bias = &p.bias[tile * G * TILE_UNITS..(tile + 1) * G * TILE_UNITS];
-    for (g, ag) in acc.iter_mut().enumerate() {
+    let mut row = [[s.splat(0.0); 16]; G];
+    for (g, ag) in row.iter_mut().enumerate() {
         for (v, a) in ag.iter_mut().enumerate().take(regs) {
             *a = s.load(&bias[g * TILE_UNITS + v * S::LANES..]);
         }
     }
+    let mut acc = [row; R];
     let per_tile = weights.len() / p.tiles();
-    E::accumulate::<S, G>(
+    E::accumulate::<S, G, R>(
         s,
         &weights[tile * per_tile..(tile + 1) * per_tile],
-        &h_prev[..h],
+        h_prev,
         &mut acc,
     );
     acc
 }
 
 /// Runs `f` for every batch row `b`, tile, and register `v` of the step's tiles, with the
-/// tile's gate accumulators `acc` (`acc[g][v]`) and the tile's units as `Lanes`.
+/// row's gate accumulators `acc` (`acc[g][v]`) and the tile's units as `Lanes`.
+///
+/// Tiles are the outer loop: a tile's panel is read once from memory per step and then serves
+/// every batch row from cache, [`PanelElem::row_block`] rows per pass.
 #[inline(always)]
 fn sweep<S: SimdF32, E: PanelElem, const G: usize>(
     s: S,
@@ -332,18 +399,56 @@ fn sweep<S: SimdF32, E: PanelElem, const G: usize>(
     mut f: impl FnMut(&mut PackedStep<'_>, usize, &Lanes, usize, &[[S::V; 16]; G]),
 ) {
     let h = p.hidden;
-    for b in 0..st.batch {
-        for tile in st.tiles.clone() {
-            let acc = accumulate::<S, E, G>(s, p, weights, tile, &st.h_prev[b * h..(b + 1) * h]);
-            let lanes = Lanes {
-                u0: tile * TILE_UNITS,
-                n: (h - tile * TILE_UNITS).min(TILE_UNITS),
+    let block = E::row_block(S::LANES, G);
+    for tile in st.tiles.clone() {
+        let lanes = Lanes {
+            u0: tile * TILE_UNITS,
+            n: (h - tile * TILE_UNITS).min(TILE_UNITS),
+        };
+        let mut b = 0;
+        while b < st.batch {
+            // Whole blocks, then the rest in blocks of 4, 2 and 1 rows.
+            b += match (st.batch - b).min(block) {
+                8 => rows::<S, E, G, 8>(s, p, weights, st, tile, &lanes, b, &mut f),
+                6 | 7 if block == 6 => {
+                    rows::<S, E, G, 6>(s, p, weights, st, tile, &lanes, b, &mut f)
+                }
+                4..=7 => rows::<S, E, G, 4>(s, p, weights, st, tile, &lanes, b, &mut f),
+                2 | 3 => rows::<S, E, G, 2>(s, p, weights, st, tile, &lanes, b, &mut f),
+                _ => rows::<S, E, G, 1>(s, p, weights, st, tile, &lanes, b, &mut f),
             };
-            for v in (0..TILE_UNITS / S::LANES).take_while(|v| v * S::LANES < lanes.n) {
-                f(st, b, &lanes, v, &acc);
-            }
         }
     }
+}
+
+/// One pass of [`sweep`] over a tile for the `R` rows from `b0`; returns `R`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn rows<S: SimdF32, E: PanelElem, const G: usize, const R: usize>(
+    s: S,
+    p: &PackedRecurrent,
+    weights: &[E],
+    st: &mut PackedStep<'_>,
+    tile: usize,
+    lanes: &Lanes,
+    b0: usize,
+    f: &mut impl FnMut(&mut PackedStep<'_>, usize, &Lanes, usize, &[[S::V; 16]; G]),
+) -> usize {
+    let h = p.hidden;
+    let h_prev = st.h_prev;
+    let acc = accumulate::<S, E, G, R>(
+        s,
+        p,
+        weights,
+        tile,
+        std::array::from_fn(|r| &h_prev[(b0 + r) * h..(b0 + r + 1) * h]),
+    );
+    for (r, acc) in acc.iter().enumerate() {
+        for v in (0..TILE_UNITS / S::LANES).take_while(|v| v * S::LANES < lanes.n) {
+            f(st, b0 + r, lanes, v, acc);
+        }
+    }
+    R
 }
 
 /// LSTM forward over the step's tiles (see [`crate::cell::lstm`] for the maths and the record).
@@ -365,9 +470,12 @@ fn lstm_fwd<S: SimdF32, E: PanelElem>(
         #[inline(always)]
         |st, b, lanes, v, acc| {
             let (px, rows) = (&st.proj[b * 4 * h..(b + 1) * 4 * h], b * h..(b + 1) * h);
-            let pre = |g: usize| s.add(acc[g][v], lanes.load(s, &px[g * h..], v));
-            let (i, f) = (activate(s, ra, pre(0)), activate(s, ra, pre(1)));
-            let (g, o) = (activate(s, act, pre(2)), activate(s, ra, pre(3)));
+            // No helper closure here: closures do not inherit the ISA of the kernel they sit
+            // in, and one the inliner leaves out of line calls the vector intrinsics.
+            let i = activate(s, ra, s.add(acc[0][v], lanes.load(s, px, v)));
+            let f = activate(s, ra, s.add(acc[1][v], lanes.load(s, &px[h..], v)));
+            let g = activate(s, act, s.add(acc[2][v], lanes.load(s, &px[2 * h..], v)));
+            let o = activate(s, ra, s.add(acc[3][v], lanes.load(s, &px[3 * h..], v)));
             let c = s.fma(f, lanes.load(s, &st.c_prev[rows.clone()], v), s.mul(i, g));
             let act_c = activate(s, act, c);
             lanes.store(s, &mut st.c_next[rows.clone()], v, c);
@@ -445,6 +553,72 @@ fn simple_rnn_fwd<S: SimdF32, E: PanelElem>(
             );
         },
     );
+}
+
+/// The recurrent part of a backward step: `dh[b, :] += d[b, :] · recurrent_kernelᵀ` for rows
+/// `b < batch`, `d [B, G·H]` holding the gradients of the recurrent pre-activations and
+/// `dh [B, H]` the state gradients.
+///
+/// The transposed kernel is packed like the forward one, with the `G·H` columns as the
+/// reduction: tiles of 16 state units outer, row blocks inner, as in the forward step.
+#[inline(always)]
+pub(crate) fn recurrent_grad<S: SimdF32>(
+    s: S,
+    p: &PackedRecurrent,
+    batch: usize,
+    d: &[f32],
+    dh: &mut [f32],
+) {
+    let (h, gh) = (p.hidden, p.gates() * p.hidden);
+    assert!(d.len() >= batch * gh && dh.len() >= batch * h);
+    let panels = p.transposed();
+    let block = f32::row_block(S::LANES, 1);
+    for tile in 0..p.tiles() {
+        let panel = &panels[tile * gh * TILE_UNITS..(tile + 1) * gh * TILE_UNITS];
+        let lanes = Lanes {
+            u0: tile * TILE_UNITS,
+            n: (h - tile * TILE_UNITS).min(TILE_UNITS),
+        };
+        let mut b = 0;
+        while b < batch {
+            b += match (batch - b).min(block) {
+                8 => grad_rows::<S, 8>(s, panel, d, gh, dh, h, &lanes, b),
+                4..=7 => grad_rows::<S, 4>(s, panel, d, gh, dh, h, &lanes, b),
+                2 | 3 => grad_rows::<S, 2>(s, panel, d, gh, dh, h, &lanes, b),
+                _ => grad_rows::<S, 1>(s, panel, d, gh, dh, h, &lanes, b),
+            };
+        }
+    }
+}
+
+/// One pass of [`recurrent_grad`] over a tile for the `R` rows from `b0`; returns `R`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn grad_rows<S: SimdF32, const R: usize>(
+    s: S,
+    panel: &[f32],
+    d: &[f32],
+    gh: usize,
+    dh: &mut [f32],
+    h: usize,
+    lanes: &Lanes,
+    b0: usize,
+) -> usize {
+    let mut acc = [[[s.splat(0.0); 16]; 1]; R];
+    f32::accumulate::<S, 1, R>(
+        s,
+        panel,
+        std::array::from_fn(|r| &d[(b0 + r) * gh..(b0 + r + 1) * gh]),
+        &mut acc,
+    );
+    for (r, [acc]) in acc.iter().enumerate() {
+        let row = &mut dh[(b0 + r) * h..(b0 + r + 1) * h];
+        for v in (0..TILE_UNITS / S::LANES).take_while(|v| v * S::LANES < lanes.n) {
+            let sum = s.add(lanes.load(s, row, v), acc[v]);
+            lanes.store(s, row, v, sum);
+        }
+    }
+    R
 }
 
 #[cfg(test)]

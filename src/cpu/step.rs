@@ -9,6 +9,7 @@ use super::gemm::{self, Mat, Op};
 use super::ops::RowOps;
 use super::part_units;
 use super::{SMALL_ROWS, init_with_bias, sum_rows_into};
+use crate::activation::Activation;
 use crate::cell::gru::{CANDIDATE, GruKind, RESET, UPDATE};
 use crate::cell::lstm::LstmKind;
 use crate::cell::simple_rnn::SimpleRnnKind;
@@ -192,6 +193,12 @@ fn recurrent_backward<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
 ) {
     let gh = w.gates * w.hidden.value();
     let rk = &w.recurrent_kernel;
+    let whole = col0 == 0 && n == gh && ldd == gh && ldh == w.hidden.value();
+    let dh = if whole && !dh.is_empty() && ops.recurrent_grad(w, batch, d, dh) {
+        &mut []
+    } else {
+        dh
+    };
     product_rows_backward(
         ops, w.hidden, batch, h, ldh, rk, gh, col0, d, ldd, n, dh, d_rk,
     );
@@ -271,8 +278,17 @@ pub(crate) fn simple_rnn_bwd<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
     d_rb: &mut [T],
 ) {
     let (h, b) = (w.hidden.value(), s.batch);
-    for ((d, &dh), &y) in s.d_proj[..b * h].iter_mut().zip(s.d_next).zip(s.next) {
-        *d = dh * kind.activation.derivative_from_output(y);
+    let d = &mut s.d_proj[..b * h];
+    // tanh gets a copy of the loop with its derivative inlined, which the compiler vectorises.
+    if kind.activation == Activation::Tanh {
+        scale_by_derivative(|y: T| T::ONE - y * y, s.d_next, s.next, d);
+    } else {
+        scale_by_derivative(
+            |y| kind.activation.derivative_from_output(y),
+            s.d_next,
+            s.next,
+            d,
+        );
     }
     s.d_state.fill(T::ZERO);
     recurrent_backward(
@@ -345,24 +361,76 @@ pub(crate) fn lstm_bwd<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
     let (dh_next, dc_next) = s.d_next.split_at(bh);
     let (dh_prev, dc_prev) = s.d_state.split_at_mut(bh);
     for b in 0..s.batch {
-        let t = &s.tape[b * 5 * h..(b + 1) * 5 * h];
-        let da = &mut s.d_proj[b * gh..(b + 1) * gh];
-        for j in 0..h {
-            let (i, f, g, o, act_c) = (t[j], t[h + j], t[2 * h + j], t[3 * h + j], t[4 * h + j]);
-            let x = b * h + j;
-            let (dh, dc) = (dh_next[x], dc_next[x]);
-            let dc = dc + dh * o * a.derivative_from_output(act_c);
-            da[j] = dc * g * ra.derivative_from_output(i);
-            da[h + j] = dc * c_prev[x] * ra.derivative_from_output(f);
-            da[2 * h + j] = dc * i * a.derivative_from_output(g);
-            da[3 * h + j] = dh * act_c * ra.derivative_from_output(o);
-            dc_prev[x] = dc * f;
+        let rows = b * h..(b + 1) * h;
+        let (tape, dh, dc, cp) = (
+            &s.tape[b * 5 * h..(b + 1) * 5 * h],
+            &dh_next[rows.clone()],
+            &dc_next[rows.clone()],
+            &c_prev[rows.clone()],
+        );
+        let (da, dcp) = (&mut s.d_proj[b * gh..(b + 1) * gh], &mut dc_prev[rows]);
+        // The default activations get a copy of the loop with their derivatives inlined, which
+        // the compiler vectorises; the others keep the per-element match.
+        if (ra, a) == (Activation::Sigmoid, Activation::Tanh) {
+            let (d_sig, d_tanh) = (|y: T| y * (T::ONE - y), |y: T| T::ONE - y * y);
+            lstm_grad_row(d_sig, d_tanh, tape, dh, dc, cp, da, dcp);
+        } else {
+            let (d_ra, d_act) = (
+                |y| ra.derivative_from_output(y),
+                |y| a.derivative_from_output(y),
+            );
+            lstm_grad_row(d_ra, d_act, tape, dh, dc, cp, da, dcp);
         }
     }
     dh_prev.fill(T::ZERO);
     recurrent_backward(
         ops, w, s.batch, h_prev, h, 0, gh, s.d_proj, gh, dh_prev, d_rk, d_rb,
     );
+}
+
+/// `d[j] = dy[j] · act'(y[j])` with `d_act` the derivative from the output.
+#[inline(always)]
+fn scale_by_derivative<T: Real>(d_act: impl Fn(T) -> T, dy: &[T], y: &[T], d: &mut [T]) {
+    for ((d, &dy), &y) in d.iter_mut().zip(dy).zip(y) {
+        *d = dy * d_act(y);
+    }
+}
+
+/// One batch row of the LSTM backward gate step: `tape` the row's record `[i, f, c̃, o,
+/// act(c)]` (`5·H`), `dh`, `dc`, `c_prev`, `dc_prev` `[H]`, `da` the pre-activation gradients
+/// `[4·H]`; `d_ra` and `d_act` the derivatives of the gate and cell activations from their
+/// outputs.
+///
+/// The rows arrive as separate arguments so that the compiler knows they do not overlap and
+/// vectorises the loop.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn lstm_grad_row<T: Real>(
+    d_ra: impl Fn(T) -> T,
+    d_act: impl Fn(T) -> T,
+    tape: &[T],
+    dh: &[T],
+    dc: &[T],
+    c_prev: &[T],
+    da: &mut [T],
+    dc_prev: &mut [T],
+) {
+    let h = dh.len();
+    let t = |k: usize| &tape[k * h..(k + 1) * h];
+    let (ti, tf, tg, to, tc) = (t(0), t(1), t(2), t(3), t(4));
+    let (dai, rest) = da.split_at_mut(h);
+    let (daf, rest) = rest.split_at_mut(h);
+    let (dag, dao) = rest.split_at_mut(h);
+    let (dc, cp, dcp, dao) = (&dc[..h], &c_prev[..h], &mut dc_prev[..h], &mut dao[..h]);
+    for j in 0..h {
+        let (i, f, g, o, act_c) = (ti[j], tf[j], tg[j], to[j], tc[j]);
+        let dc = dc[j] + dh[j] * o * d_act(act_c);
+        dai[j] = dc * g * d_ra(i);
+        daf[j] = dc * cp[j] * d_ra(f);
+        dag[j] = dc * i * d_act(g);
+        dao[j] = dh[j] * act_c * d_ra(o);
+        dcp[j] = dc * f;
+    }
 }
 
 #[inline(always)]

@@ -8,11 +8,11 @@
 //! - its metadata is parsed and checked against the format (every key, every value, the
 //!   fillers of keys that do not apply); a file that cannot be read or whose metadata is
 //!   unknown or invalid FAILS with the reason;
-//! - a case using a feature the runner does not implement yet (`num_layers > 1`,
-//!   `bidirectional`, `has_mask`) is SKIPPED with the reason, never passed;
-//! - otherwise the file's tensors must be exactly the ones the format prescribes (names,
-//!   shapes, dtype); the cell is built from the weights in the file's own layout through
-//!   `fused_rnn::layout`, run batch-major in the fixture's dtype, and `y`, `h_n`, `c_n` and —
+//! - every case of the format runs (stacked, bidirectional with every merge mode, masked with
+//!   Keras or PyTorch semantics by `source`); nothing is skipped;
+//! - the file's tensors must be exactly the ones the format prescribes (names, shapes,
+//!   dtype); the stack is built from the weights in the file's own names and layout through
+//!   `fused_rnn::layer::io`, run batch-major in the fixture's dtype, and `y`, `h_n`, `c_n` and —
 //!   for gradient fixtures — `grad.x`, `grad.h0`, `grad.c0` and every `grad.<weight>` are
 //!   compared with the fixture's tolerance.
 //!
@@ -24,8 +24,10 @@ use std::io::Write;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
-use fused_rnn::cell::Recurrent;
-use fused_rnn::layout::{Framework, KerasWeights, LayoutKind, TorchWeights};
+use fused_rnn::layer::{
+    CellConfig, MaskSemantics, Merge, Rnn, RnnConfig, RnnGrads, RunSpec, io, lengths_from_mask,
+};
+use fused_rnn::layout::Framework;
 use fused_rnn::prelude::*;
 use fused_rnn::{Activation, Real};
 use safetensors::{Dtype, SafeTensors};
@@ -192,6 +194,7 @@ struct Meta {
     has_initial_state: bool,
     has_mask: bool,
     has_grads: bool,
+    merge: Merge,
 }
 
 /// Every metadata key of the format.
@@ -321,6 +324,7 @@ fn parse_meta(map: &HashMap<String, String>) -> Result<Meta, String> {
         has_initial_state: r.boolean("has_initial_state")?,
         has_mask: r.boolean("has_mask")?,
         has_grads: r.boolean("has_grads")?,
+        merge: Merge::from_name(merge_mode).map_err(|e| e.to_string())?,
     };
     // Fillers of keys that do not apply, and what each framework can express.
     let cell_name = r.get("cell")?;
@@ -375,19 +379,37 @@ fn parse_meta(map: &HashMap<String, String>) -> Result<Meta, String> {
     Ok(m)
 }
 
-/// Features of `m` the runner does not implement yet.
-fn later_features(m: &Meta) -> Vec<String> {
-    let mut v = Vec::new();
-    if m.num_layers > 1 {
-        v.push(format!("num_layers = {} (stacked layers)", m.num_layers));
-    }
+/// The layer descriptor of a fixture.
+fn config(m: &Meta) -> Result<RnnConfig, String> {
+    let cell = match m.cell {
+        CellType::SimpleRnn => CellConfig::SimpleRnn(SimpleRnnKind {
+            activation: m.activation,
+        }),
+        CellType::Lstm => CellConfig::Lstm(LstmKind {
+            activation: m.activation,
+            recurrent_activation: m.recurrent_activation,
+        }),
+        CellType::Gru => CellConfig::Gru(GruKind {
+            activation: m.activation,
+            recurrent_activation: m.recurrent_activation,
+            reset_after: m.reset_after,
+        }),
+    };
+    let mut c = RnnConfig::new(cell, m.input_size, m.units)
+        .layers(m.num_layers)
+        .use_bias(m.use_bias)
+        .go_backwards(m.go_backwards)
+        .return_sequences(m.return_sequences)
+        .mask_semantics(match m.source {
+            Framework::Torch => MaskSemantics::Packed,
+            _ => MaskSemantics::Keras,
+        });
     if m.bidirectional {
-        v.push("bidirectional = true".to_string());
+        c = c.bidirectional(m.merge);
     }
-    if m.has_mask {
-        v.push("has_mask = true (masking / packed sequences)".to_string());
-    }
-    v
+    c.validate()
+        .map_err(|e| format!("unsupported configuration: {e}"))?;
+    Ok(c)
 }
 
 // ------------------------------------------------------------------ tensors
@@ -399,53 +421,38 @@ struct Expected {
     required: bool,
 }
 
-/// Names of the weight tensors of a one-layer, one-direction fixture, in the order
-/// kernel, recurrent kernel, biases.
-fn weight_names(m: &Meta) -> Vec<String> {
-    let names: &[&str] = match (m.source, m.use_bias) {
-        (Framework::Torch, true) => &["weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"],
-        (Framework::Torch, false) => &["weight_ih_l0", "weight_hh_l0"],
-        (_, true) => &["l0.fwd.kernel", "l0.fwd.recurrent_kernel", "l0.fwd.bias"],
-        (_, false) => &["l0.fwd.kernel", "l0.fwd.recurrent_kernel"],
-    };
-    names.iter().map(|s| s.to_string()).collect()
+/// Names and shapes of the weight tensors, layer by layer and direction by direction.
+fn weight_names(m: &Meta, c: &RnnConfig) -> Result<Vec<(String, Vec<usize>)>, String> {
+    io::tensor_names(c, m.source).map_err(|e| format!("unsupported configuration: {e}"))
 }
 
-/// Every tensor a one-layer, one-direction fixture holds, with its shape.
-fn expected_tensors(m: &Meta) -> BTreeMap<String, Expected> {
+/// Every tensor the fixture holds, with its shape.
+fn expected_tensors(m: &Meta, c: &RnnConfig) -> Result<BTreeMap<String, Expected>, String> {
     let (b, t, i, h) = (m.batch, m.time_steps, m.input_size, m.units);
-    let gh = m.cell.gates() * h;
     let lstm = m.cell == CellType::Lstm;
     let mut e = BTreeMap::new();
     let mut add = |name: &str, shape: Vec<usize>, required: bool| {
         e.insert(name.to_string(), Expected { shape, required });
     };
-    let state = vec![1, b, h];
+    let state = vec![c.cell_count(), b, h];
+    let w = c.merged_width();
     let y = if m.return_sequences {
-        vec![b, t, h]
+        vec![b, t, w]
     } else {
-        vec![b, h]
+        vec![b, w]
     };
     add("x", vec![b, t, i], true);
+    if m.has_mask {
+        add("mask", vec![b, t], true);
+    }
     if m.has_initial_state {
         add("h0", state.clone(), true);
         if lstm {
             add("c0", state.clone(), true);
         }
     }
-    let weights = weight_names(m);
-    let shapes: Vec<Vec<usize>> = match m.source {
-        Framework::Torch => vec![vec![gh, i], vec![gh, h], vec![gh], vec![gh]],
-        _ => {
-            let bias = if m.cell == CellType::Gru && m.reset_after {
-                vec![2, gh]
-            } else {
-                vec![gh]
-            };
-            vec![vec![i, gh], vec![h, gh], bias]
-        }
-    };
-    for (name, shape) in weights.iter().zip(&shapes) {
+    let weights = weight_names(m, c)?;
+    for (name, shape) in &weights {
         add(name, shape.clone(), true);
     }
     add("y", y.clone(), true);
@@ -466,17 +473,21 @@ fn expected_tensors(m: &Meta) -> BTreeMap<String, Expected> {
                 add("grad.c0", state, true);
             }
         }
-        for (name, shape) in weights.iter().zip(&shapes) {
+        for (name, shape) in &weights {
             add(&format!("grad.{name}"), shape.clone(), true);
         }
     }
-    e
+    Ok(e)
 }
 
 /// Every tensor of the file as `f64` (exact for both dtypes), after checking the set of
 /// names, every shape and every dtype against the format.
-fn load_tensors(m: &Meta, st: &SafeTensors<'_>) -> Result<BTreeMap<String, Vec<f64>>, String> {
-    let expected = expected_tensors(m);
+fn load_tensors(
+    m: &Meta,
+    c: &RnnConfig,
+    st: &SafeTensors<'_>,
+) -> Result<BTreeMap<String, Vec<f64>>, String> {
+    let expected = expected_tensors(m, c)?;
     let mut names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
     names.sort();
     if let Some(extra) = names.iter().find(|n| !expected.contains_key(*n)) {
@@ -627,54 +638,18 @@ fn run_case(path: &Path) -> Result<Outcome, String> {
         .as_ref()
         .ok_or("invalid metadata: the file has no __metadata__")?;
     let meta = parse_meta(map)?;
-    let later = later_features(&meta);
-    if !later.is_empty() {
-        return Ok(Outcome::Skip(format!(
-            "uses features not implemented yet: {}",
-            later.join(", ")
-        )));
-    }
+    let config = config(&meta)?;
     let st =
         SafeTensors::deserialize(&bytes).map_err(|e| format!("not a safetensors file: {e}"))?;
-    let tensors = load_tensors(&meta, &st)?;
+    let tensors = load_tensors(&meta, &config, &st)?;
     let failures = match meta.dtype {
-        DType::F32 => run_typed::<f32>(&meta, &tensors)?,
-        DType::F64 => run_typed::<f64>(&meta, &tensors)?,
+        DType::F32 => run_typed::<f32>(&meta, &config, &tensors)?,
+        DType::F64 => run_typed::<f64>(&meta, &config, &tensors)?,
     };
     if failures.is_empty() {
         Ok(Outcome::Pass)
     } else {
         Ok(Outcome::Fail(failures.join("; ")))
-    }
-}
-
-/// Dispatches on the cell kind.
-fn run_typed<T: Real>(m: &Meta, t: &BTreeMap<String, Vec<f64>>) -> Result<Vec<String>, String> {
-    match m.cell {
-        CellType::SimpleRnn => run_cell::<T, _>(
-            m,
-            t,
-            SimpleRnnKind {
-                activation: m.activation,
-            },
-        ),
-        CellType::Lstm => run_cell::<T, _>(
-            m,
-            t,
-            LstmKind {
-                activation: m.activation,
-                recurrent_activation: m.recurrent_activation,
-            },
-        ),
-        CellType::Gru => run_cell::<T, _>(
-            m,
-            t,
-            GruKind {
-                activation: m.activation,
-                recurrent_activation: m.recurrent_activation,
-                reset_after: m.reset_after,
-            },
-        ),
     }
 }
 
@@ -686,51 +661,37 @@ fn to_f64<T: Real>(v: &[T]) -> Vec<f64> {
     v.iter().map(|x| x.to_f64()).collect()
 }
 
-/// Builds the cell from the file's weights, runs it, and returns one message per tensor out
+/// Builds the stack from the file's weights, runs it, and returns one message per tensor out
 /// of tolerance.
-fn run_cell<T: Real, K: LayoutKind>(
+fn run_typed<T: Real>(
     m: &Meta,
+    c: &RnnConfig,
     t: &BTreeMap<String, Vec<f64>>,
-    kind: K,
 ) -> Result<Vec<String>, String> {
-    let (b, h) = (m.batch, m.units);
-    let bh = b * h;
-    let lstm = m.cell == CellType::Lstm;
+    let expected = expected_tensors(m, c)?;
     let get = |name: &str| -> &[f64] { &t[name] };
-    let opt = |name: &str| -> Option<Vec<T>> { t.get(name).map(|v| to_t(v)) };
-    let weights = weight_names(m);
-    let (input, hidden) = (Dyn(m.input_size), Dyn(h));
-    let cell: Recurrent<T, K, Dyn, Dyn> = match m.source {
-        Framework::Torch => Recurrent::from_torch(
-            input,
-            hidden,
-            kind,
-            &TorchWeights {
-                weight_ih: to_t(get(&weights[0])),
-                weight_hh: to_t(get(&weights[1])),
-                bias_ih: weights.get(2).and_then(|n| opt(n)),
-                bias_hh: weights.get(3).and_then(|n| opt(n)),
-            },
+    let weights = weight_names(m, c)?;
+    let named: HashMap<String, (Vec<usize>, Vec<T>)> = weights
+        .iter()
+        .map(|(n, shape)| (n.clone(), (shape.clone(), to_t(get(n)))))
+        .collect();
+    let rnn: Rnn<T> = io::from_tensors(*c, m.source, &named)
+        .map_err(|e| format!("cannot build the layers from the fixture's weights: {e}"))?;
+    let lengths = match t.get("mask") {
+        Some(mask) => Some(
+            lengths_from_mask(mask, m.batch, m.time_steps)
+                .map_err(|e| format!("invalid mask: {e}"))?,
         ),
-        _ => Recurrent::from_keras(
-            input,
-            hidden,
-            kind,
-            &KerasWeights {
-                kernel: to_t(get(&weights[0])),
-                recurrent_kernel: to_t(get(&weights[1])),
-                bias: weights.get(2).and_then(|n| opt(n)),
-            },
-        ),
+        None => None,
+    };
+    let mut spec = RunSpec::new(m.time_steps, m.batch).layout(Layout::BatchMajor);
+    if let Some(l) = &lengths {
+        spec = spec.lengths(l);
     }
-    .map_err(|e| format!("cannot build the cell from the fixture's weights: {e}"))?;
-
-    let spec = SeqSpec::new(m.time_steps, b)
-        .layout(Layout::BatchMajor)
-        .go_backwards(m.go_backwards)
-        .return_sequences(m.return_sequences);
+    let lstm = m.cell == CellType::Lstm;
+    let sl = c.cell_count() * m.batch * m.units;
     let x: Vec<T> = to_t(get("x"));
-    // [S, B, H]: h then c; for one layer and direction that is `h0` and `c0` stacked.
+    // [S, L·D, B, H]: `h0` then `c0`.
     let initial: Option<Vec<T>> = m.has_initial_state.then(|| {
         let mut s = to_t(get("h0"));
         if lstm {
@@ -738,95 +699,88 @@ fn run_cell<T: Real, K: LayoutKind>(
         }
         s
     });
-    let engine = |e: fused_rnn::Error| format!("the engine rejected the case: {e}");
+    let engine = |e: fused_rnn::Error| format!("the layers rejected the case: {e}");
+    let mut y = vec![T::ZERO; rnn.y_len(&spec).map_err(engine)?];
+    let mut fin = vec![T::ZERO; rnn.state_len(m.batch).map_err(engine)?];
 
-    let (out, grads) = if m.has_grads {
-        let mut tape = vec![T::ZERO; seq::tape_len(&cell, &spec).map_err(engine)?];
-        let out =
-            seq::forward_train(&cell, &spec, &x, initial.as_deref(), &mut tape).map_err(engine)?;
+    let grads = if m.has_grads {
+        let mut tape = vec![T::ZERO; rnn.tape_len(&spec).map_err(engine)?];
+        rnn.forward_train(&spec, &x, initial.as_deref(), &mut tape, &mut y, &mut fin)
+            .map_err(engine)?;
         let dy: Vec<T> = to_t(get("dy"));
         let (dh, dc) = (t.get("dh_n"), t.get("dc_n"));
         // The loss has a state term only when the fixture gives one.
         let d_final: Option<Vec<T>> = (dh.is_some() || dc.is_some()).then(|| {
-            let zeros = vec![0.0; bh];
+            let zeros = vec![0.0; sl];
             let mut s = to_t(dh.unwrap_or(&zeros));
             if lstm {
                 s.extend(to_t::<T>(dc.unwrap_or(&zeros)));
             }
             s
         });
-        let g = seq::bptt(
-            &cell,
+        let mut g = RnnGrads::zeros(&rnn, &spec).map_err(engine)?;
+        rnn.bptt(
             &spec,
             &x,
             initial.as_deref(),
             &tape,
             &dy,
             d_final.as_deref(),
+            &mut g,
+            GradMode::Overwrite,
         )
         .map_err(engine)?;
-        (out, Some(g))
+        Some(g)
     } else {
-        (
-            seq::forward(&cell, &spec, &x, initial.as_deref()).map_err(engine)?,
-            None,
-        )
+        rnn.forward(&spec, &x, initial.as_deref(), &mut y, &mut fin)
+            .map_err(engine)?;
+        None
     };
 
     let (tol_out, tol_grad) = tolerances(m.dtype);
-    let expected = expected_tensors(m);
     let mut checks: Vec<(String, Vec<f64>, Tol)> = vec![
-        ("y".into(), to_f64(&out.y), tol_out),
-        ("h_n".into(), to_f64(&out.final_state[..bh]), tol_out),
+        ("y".into(), to_f64(&y), tol_out),
+        ("h_n".into(), to_f64(&fin[..sl]), tol_out),
     ];
     if lstm {
-        checks.push(("c_n".into(), to_f64(&out.final_state[bh..2 * bh]), tol_out));
+        checks.push(("c_n".into(), to_f64(&fin[sl..2 * sl]), tol_out));
     }
     if let Some(g) = grads {
         checks.push(("grad.x".into(), to_f64(&g.dx), tol_grad));
         if m.has_initial_state {
-            checks.push(("grad.h0".into(), to_f64(&g.d_initial_state[..bh]), tol_grad));
+            checks.push(("grad.h0".into(), to_f64(&g.d_initial_state[..sl]), tol_grad));
             if lstm {
                 checks.push((
                     "grad.c0".into(),
-                    to_f64(&g.d_initial_state[bh..2 * bh]),
+                    to_f64(&g.d_initial_state[sl..2 * sl]),
                     tol_grad,
                 ));
             }
         }
-        let fw: Vec<Vec<T>> = match m.source {
-            Framework::Torch => {
-                let w = cell
-                    .torch_grads(&g.params)
-                    .map_err(|e| format!("cannot convert the gradients: {e}"))?;
-                [Some(w.weight_ih), Some(w.weight_hh), w.bias_ih, w.bias_hh]
-                    .into_iter()
-                    .flatten()
-                    .collect()
-            }
-            _ => {
-                let w = cell
-                    .keras_grads(&g.params)
-                    .map_err(|e| format!("cannot convert the gradients: {e}"))?;
-                [Some(w.kernel), Some(w.recurrent_kernel), w.bias]
-                    .into_iter()
-                    .flatten()
-                    .collect()
-            }
-        };
-        if fw.len() != weights.len() {
+        let named = io::grads_to_tensors(&rnn, m.source, &g)
+            .map_err(|e| format!("cannot convert the gradients: {e}"))?;
+        if named.len() != weights.len() {
             return Err(format!(
-                "the cell has {} parameter tensors, the fixture {}",
-                fw.len(),
+                "the layers have {} parameter tensors, the fixture {}",
+                named.len(),
                 weights.len()
             ));
         }
-        for (name, v) in weights.iter().zip(fw) {
-            checks.push((format!("grad.{name}"), to_f64(&v), tol_grad));
+        for nt in named {
+            checks.push((nt.name, to_f64(&nt.data), tol_grad));
         }
     }
     Ok(checks
         .iter()
-        .filter_map(|(name, got, tol)| compare(name, &expected[name].shape, got, get(name), *tol))
+        .filter_map(|(name, got, tol)| {
+            let shape = expected
+                .get(name)
+                .map(|e| e.shape.clone())
+                .unwrap_or_default();
+            match t.get(name) {
+                Some(want) => compare(name, &shape, got, want, *tol),
+                None => Some(format!("the fixture has no `{name}`")),
+            }
+        })
         .collect())
 }
