@@ -524,7 +524,7 @@ fn lstm_desc() -> (Desc, DynLstm<f32>, Vec<f32>) {
 fn bad_descriptors_are_rejected_with_a_message() {
     let good = config(FrnnCell::Gru, FrnnDtype::F64, 3, 4);
     type Edit = fn(&mut FrnnRnnConfig);
-    let cases: [(Edit, FrnnStatus, &str); 14] = [
+    let cases: [(Edit, FrnnStatus, &str); 13] = [
         (|c| c.cell = 3, FrnnStatus::BadValue, "cell"),
         (|c| c.activation = 5, FrnnStatus::BadValue, "activation"),
         (
@@ -558,14 +558,9 @@ fn bad_descriptors_are_rejected_with_a_message() {
             "kernel",
         ),
         (
-            |c| c.num_layers = 2,
-            FrnnStatus::Unsupported,
-            "num_layers = 2",
-        ),
-        (
-            |c| c.num_directions = 2,
-            FrnnStatus::Unsupported,
-            "num_directions = 2",
+            |c| c.num_layers = usize::MAX,
+            FrnnStatus::Overflow,
+            "weight_space",
         ),
     ];
     for (edit, status, needle) in cases {
@@ -1079,9 +1074,8 @@ fn many_threads_share_one_descriptor() {
 }
 
 /// Regression (fuzz input `fuzz/regressions/capi/oom-78c1…`): a descriptor with 2²⁸ layers
-/// used to size a per-layer offset table before rejecting the layer count, and ran out of
-/// memory. Sizes are now pure arithmetic: any layer count is answered at once, without
-/// allocating.
+/// used to build a per-layer offset table, and ran out of memory. Sizes are now pure
+/// arithmetic: any layer count is answered at once, without allocating.
 #[test]
 fn huge_layer_counts_allocate_nothing() {
     for layers in [1usize << 28, 1 << 40, usize::MAX] {
@@ -1090,12 +1084,317 @@ fn huge_layer_counts_allocate_nothing() {
         let mut d = ptr::null_mut();
         // SAFETY: valid pointers.
         let st = unsafe { frnn_rnn_desc_create(&c, &mut d) };
-        assert!(
-            matches!(st, FrnnStatus::Unsupported | FrnnStatus::Overflow),
-            "{layers}: {st:?} {}",
-            last_error()
-        );
-        assert!(d.is_null());
+        if layers == usize::MAX {
+            expect_err(st, FrnnStatus::Overflow, "weight_space");
+            assert!(d.is_null());
+        } else {
+            assert_eq!(st, FrnnStatus::Ok, "{}", last_error());
+            let d = Desc(d);
+            let mut n = 0;
+            // SAFETY: valid pointers.
+            assert_eq!(
+                unsafe { frnn_get_weight_space_size(d.ptr(), &mut n) },
+                FrnnStatus::Ok
+            );
+            assert!(n > layers);
+        }
     }
     // The recorded input itself replays in `tests/fuzz_regressions.rs`.
+}
+
+/// Stacks and bidirectional layers through the ABI against `fused_rnn::layer::Rnn`: the
+/// sizes, and forward inference, forward training (outputs and reserve) and backward (every
+/// gradient, overwritten and accumulated) bit for bit.
+fn stack_matches_rust<T: Real>(
+    dtype: FrnnDtype,
+    cell: fused_rnn::layer::CellConfig,
+    layers: usize,
+    directions: usize,
+    use_bias: bool,
+) {
+    use fused_rnn::layer::{Merge, Rnn, RnnConfig, RnnGrads, RunSpec};
+    let (i, h) = (3, 5);
+    let mut config = RnnConfig::new(cell, i, h).layers(layers).use_bias(use_bias);
+    if directions == 2 {
+        config = config.bidirectional(Merge::Concat);
+    }
+    let rnn = Rnn::<T>::random(config, 31).unwrap();
+    let (code, reset_after, act, rec) = match cell {
+        fused_rnn::layer::CellConfig::SimpleRnn(k) => {
+            (FrnnCell::SimpleRnn, 1, k.activation, Activation::Sigmoid)
+        }
+        fused_rnn::layer::CellConfig::Lstm(k) => {
+            (FrnnCell::Lstm, 1, k.activation, k.recurrent_activation)
+        }
+        fused_rnn::layer::CellConfig::Gru(k) => (
+            FrnnCell::Gru,
+            k.reset_after as u32,
+            k.activation,
+            k.recurrent_activation,
+        ),
+    };
+    let mut c = config_for(code, dtype, i, h);
+    c.gru_reset_after = reset_after;
+    c.activation = Activation::ALL.iter().position(|&a| a == act).unwrap() as u32;
+    c.recurrent_activation = Activation::ALL.iter().position(|&a| a == rec).unwrap() as u32;
+    c.use_bias = use_bias as u32;
+    c.num_layers = layers;
+    c.num_directions = directions;
+    let d = create(&c).unwrap();
+    let mut n_ws = 0;
+    // SAFETY: valid pointers.
+    assert_eq!(
+        unsafe { frnn_get_weight_space_size(d.ptr(), &mut n_ws) },
+        FrnnStatus::Ok
+    );
+    let mut ws = vec![T::ZERO; n_ws];
+    for layer in 0..layers {
+        for dir in 0..directions {
+            let cell = &rnn.cells()[layer * directions + dir];
+            // Alternate formats; PyTorch has no reset-before GRU.
+            let w = cell.weights();
+            let format = if (layer + dir) % 2 == 0 || reset_after == 0 {
+                FrnnWeightFormat::Internal
+            } else {
+                FrnnWeightFormat::Torch
+            };
+            let src: [Option<Vec<T>>; 4] = match (format, cell) {
+                (FrnnWeightFormat::Torch, fused_rnn::layer::AnyCell::Lstm(x)) => {
+                    framework_tensors(x, format).unwrap()
+                }
+                (FrnnWeightFormat::Torch, fused_rnn::layer::AnyCell::Gru(x)) => {
+                    framework_tensors(x, format).unwrap()
+                }
+                (FrnnWeightFormat::Torch, fused_rnn::layer::AnyCell::SimpleRnn(x)) => {
+                    framework_tensors(x, format).unwrap()
+                }
+                _ => [
+                    Some(w.kernel().to_vec()),
+                    Some(w.recurrent_kernel().to_vec()),
+                    w.bias().map(<[T]>::to_vec),
+                    w.recurrent_bias().map(<[T]>::to_vec),
+                ],
+            };
+            // SAFETY: valid pointers and lengths.
+            let st = unsafe {
+                frnn_set_weights(
+                    d.ptr(),
+                    format as u32,
+                    layer,
+                    dir,
+                    &tensors(&src),
+                    tm(&mut ws),
+                )
+            };
+            assert_eq!(st, FrnnStatus::Ok, "{}", last_error());
+        }
+    }
+    let want_ws: Vec<T> = rnn
+        .cells()
+        .iter()
+        .flat_map(|c| {
+            let w = c.weights();
+            let mut v = w.kernel().to_vec();
+            v.extend_from_slice(w.recurrent_kernel());
+            v.extend(w.bias().unwrap_or(&[]));
+            v.extend(w.recurrent_bias().unwrap_or(&[]));
+            v
+        })
+        .collect();
+    assert_eq!(bits(&ws), bits(&want_ws), "weight space");
+
+    for (steps, b, layout, return_sequences, with_state) in [
+        (4, 3, Layout::TimeMajor, true, true),
+        (1, 1, Layout::BatchMajor, true, false),
+        (5, 2, Layout::BatchMajor, false, true),
+    ] {
+        let name = format!(
+            "{} {cell:?} L={layers} D={directions} bias={use_bias} T={steps} B={b} {layout:?} rs={return_sequences}",
+            T::NAME
+        );
+        let rnn = Rnn::new(
+            config.return_sequences(return_sequences),
+            rnn.cells().to_vec(),
+        )
+        .unwrap();
+        let run = RunSpec::new(steps, b).layout(layout);
+        let sc = FrnnSeqConfig {
+            time_steps: steps,
+            batch: b,
+            layout: layout as u32,
+            go_backwards: 0,
+            return_sequences: return_sequences as u32,
+            threads: 2,
+        };
+        let n = sizes(&d, &sc);
+        assert_eq!(n.reserve, rnn.tape_len(&run).unwrap(), "{name}: reserve");
+        assert_eq!(n.y, rnn.y_len(&run).unwrap(), "{name}: y");
+        assert_eq!(n.state, rnn.state_len(b).unwrap(), "{name}: state");
+        let x = values::<T>(n.x, 1);
+        let hx = values::<T>(n.state, 2);
+        let (hx_o, hx_t) = if with_state {
+            (Some(&hx[..]), t(&hx))
+        } else {
+            (None, NONE)
+        };
+        let (mut y, mut hy) = (vec![T::ZERO; n.y], vec![T::ZERO; n.state]);
+        let (mut wy, mut why) = (vec![T::ZERO; n.y], vec![T::ZERO; n.state]);
+        rnn.forward(&run, &x, hx_o, &mut wy, &mut why).unwrap();
+        // SAFETY: valid pointers and lengths.
+        let st = unsafe {
+            frnn_forward_inference(
+                d.ptr(),
+                &sc,
+                t(&ws),
+                t(&x),
+                hx_t,
+                tm(&mut y),
+                tm(&mut hy),
+                NONE_MUT,
+            )
+        };
+        assert_eq!(st, FrnnStatus::Ok, "{name}: {}", last_error());
+        assert_eq!(bits(&y), bits(&wy), "{name}: y");
+        assert_eq!(bits(&hy), bits(&why), "{name}: hy");
+
+        let mut tape = vec![T::ZERO; n.reserve];
+        rnn.forward_train(&run, &x, hx_o, &mut tape, &mut wy, &mut why)
+            .unwrap();
+        let mut reserve = vec![T::ZERO; n.reserve];
+        // SAFETY: valid pointers and lengths.
+        let st = unsafe {
+            frnn_forward_training(
+                d.ptr(),
+                &sc,
+                t(&ws),
+                t(&x),
+                hx_t,
+                tm(&mut y),
+                NONE_MUT,
+                NONE_MUT,
+                tm(&mut reserve),
+            )
+        };
+        assert_eq!(st, FrnnStatus::Ok, "{name}: {}", last_error());
+        assert_eq!(bits(&y), bits(&wy), "{name}: training y");
+        assert_eq!(bits(&reserve), bits(&tape), "{name}: reserve");
+
+        let dy = values::<T>(n.y, 3);
+        let dhy = values::<T>(n.state, 4);
+        let start = values::<T>(n.weight_space, 5);
+        for mode in [FrnnGradMode::Overwrite, FrnnGradMode::Accumulate] {
+            let mut g = RnnGrads::zeros(&rnn, &run).unwrap();
+            let mut at = 0;
+            for p in g.params.iter_mut().flatten() {
+                let len = p.len();
+                p.copy_from_slice(&start[at..at + len]);
+                at += len;
+            }
+            let rmode = match mode {
+                FrnnGradMode::Overwrite => GradMode::Overwrite,
+                FrnnGradMode::Accumulate => GradMode::Accumulate,
+            };
+            rnn.bptt(&run, &x, hx_o, &tape, &dy, Some(&dhy), &mut g, rmode)
+                .unwrap();
+            let (mut dx, mut dhx, mut dw) =
+                (vec![T::ZERO; n.x], vec![T::ZERO; n.state], start.clone());
+            // SAFETY: valid pointers and lengths.
+            let st = unsafe {
+                frnn_backward(
+                    d.ptr(),
+                    &sc,
+                    t(&ws),
+                    t(&x),
+                    hx_t,
+                    t(&reserve),
+                    t(&dy),
+                    t(&dhy),
+                    tm(&mut dx),
+                    tm(&mut dhx),
+                    tm(&mut dw),
+                    mode as u32,
+                    NONE_MUT,
+                )
+            };
+            assert_eq!(st, FrnnStatus::Ok, "{name}: {}", last_error());
+            assert_eq!(bits(&dx), bits(&g.dx), "{name}: dx");
+            assert_eq!(bits(&dhx), bits(&g.d_initial_state), "{name}: dhx");
+            let want: Vec<T> = g.params.iter().flatten().flatten().copied().collect();
+            assert_eq!(bits(&dw), bits(&want), "{name} {mode:?}: dw");
+        }
+    }
+}
+
+fn config_for(cell: FrnnCell, dtype: FrnnDtype, i: usize, h: usize) -> FrnnRnnConfig {
+    config(cell, dtype, i, h)
+}
+
+fn stacks<T: Real>(dtype: FrnnDtype) {
+    use fused_rnn::layer::CellConfig;
+    let cells = [
+        CellConfig::Lstm(LstmKind::default()),
+        CellConfig::Gru(GruKind::default()),
+        CellConfig::Gru(GruKind {
+            reset_after: false,
+            ..Default::default()
+        }),
+        CellConfig::SimpleRnn(SimpleRnnKind {
+            activation: Activation::Relu,
+        }),
+    ];
+    for cell in cells {
+        for (layers, directions) in [(2, 1), (1, 2), (3, 2)] {
+            for use_bias in [true, false] {
+                stack_matches_rust::<T>(dtype, cell, layers, directions, use_bias);
+            }
+        }
+    }
+}
+
+#[test]
+fn stacks_match_the_layer_api_f32() {
+    stacks::<f32>(FrnnDtype::F32);
+}
+
+#[test]
+fn stacks_match_the_layer_api_f64() {
+    stacks::<f64>(FrnnDtype::F64);
+}
+
+/// A bidirectional stack cannot go backwards (the layer engine's rule), reported at the call.
+#[test]
+fn bidirectional_go_backwards_is_rejected() {
+    let mut c = config(FrnnCell::Gru, FrnnDtype::F32, 2, 3);
+    c.num_directions = 2;
+    let d = create(&c).unwrap();
+    let sc = FrnnSeqConfig {
+        time_steps: 2,
+        batch: 1,
+        layout: 0,
+        go_backwards: 1,
+        return_sequences: 1,
+        threads: 1,
+    };
+    let mut s = FrnnSizes::default();
+    // SAFETY: valid pointers.
+    assert_eq!(
+        unsafe { frnn_get_sizes(d.ptr(), &sc, &mut s) },
+        FrnnStatus::Ok
+    );
+    let (ws, x) = (vec![0.1f32; s.weight_space], vec![0.2f32; s.x]);
+    let mut y = vec![0.0f32; s.y];
+    // SAFETY: valid pointers and lengths.
+    let st = unsafe {
+        frnn_forward_inference(
+            d.ptr(),
+            &sc,
+            t(&ws),
+            t(&x),
+            NONE,
+            tm(&mut y),
+            NONE_MUT,
+            NONE_MUT,
+        )
+    };
+    expect_err(st, FrnnStatus::BadValue, "go_backwards");
 }

@@ -4,39 +4,13 @@
 use super::raw::{CallError, CallResult};
 use super::{FrnnCell, FrnnRnnConfig, FrnnSeqConfig, FrnnWeightFormat};
 use crate::activation::Activation;
-use crate::cell::{
-    Cell, CellKind, DynGru, DynLstm, DynSimpleRnn, GruKind, LstmKind, Recurrent, RecurrentWeights,
-    SimpleRnnKind,
-};
+use crate::cell::{CellKind, GruKind, LstmKind, Recurrent, RecurrentWeights, SimpleRnnKind};
 use crate::dim::Dyn;
-use crate::error::{Error, Result, check_len, check_nonzero, checked_size};
+use crate::error::{Error, Result, check_len, check_nonzero, checked_size, try_filled};
+use crate::layer::{AnyCell, CellConfig, Merge, Rnn, RnnConfig, RnnGrads, RunSpec};
 use crate::layout::{KerasWeights, LayoutKind, OnnxWeights, TorchWeights};
 use crate::real::Real;
 use crate::seq::{self, GradMode, Gradients, Layout, SeqSpec};
-
-/// The cell of a descriptor with its activations.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) enum CellSpec {
-    SimpleRnn(SimpleRnnKind),
-    Lstm(LstmKind),
-    Gru(GruKind),
-}
-
-impl CellSpec {
-    fn gates(self) -> usize {
-        match self {
-            CellSpec::SimpleRnn(_) => 1,
-            CellSpec::Lstm(_) => 4,
-            CellSpec::Gru(_) => 3,
-        }
-    }
-    fn states(self) -> usize {
-        match self {
-            CellSpec::Lstm(_) => 2,
-            _ => 1,
-        }
-    }
-}
 
 /// The element type of every buffer a descriptor's calls take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,7 +22,7 @@ pub(crate) enum Dtype {
 /// A validated RNN description: immutable once built, shared freely between threads.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Desc {
-    pub cell: CellSpec,
+    pub cell: CellConfig,
     pub dtype: Dtype,
     pub use_bias: bool,
     pub input: usize,
@@ -113,13 +87,13 @@ impl Desc {
         let reset_after = flag("gru_reset_after", c.gru_reset_after)?;
         let cell = match c.cell {
             x if x == FrnnCell::SimpleRnn as u32 => {
-                CellSpec::SimpleRnn(SimpleRnnKind { activation: act })
+                CellConfig::SimpleRnn(SimpleRnnKind { activation: act })
             }
-            x if x == FrnnCell::Lstm as u32 => CellSpec::Lstm(LstmKind {
+            x if x == FrnnCell::Lstm as u32 => CellConfig::Lstm(LstmKind {
                 activation: act,
                 recurrent_activation: rec,
             }),
-            x if x == FrnnCell::Gru as u32 => CellSpec::Gru(GruKind {
+            x if x == FrnnCell::Gru as u32 => CellConfig::Gru(GruKind {
                 activation: act,
                 recurrent_activation: rec,
                 reset_after,
@@ -181,13 +155,8 @@ impl Desc {
                 arg: "weight_space",
             })?;
         (desc.first_block, desc.block, desc.total) = (first, rest, total);
-        if desc.layers > 1 || desc.directions > 1 {
-            return Err(CallError::unsupported(format!(
-                "num_layers = {} and num_directions = {}: this build runs one layer in one \
-                 direction (num_layers = 1, num_directions = 1)",
-                desc.layers, desc.directions
-            )));
-        }
+        // The stack's own rules (checked again per call, with the call's flags).
+        desc.rnn_config(false, true).validate()?;
         Ok(desc)
     }
 
@@ -200,6 +169,44 @@ impl Desc {
             self.directions * self.first_block
                 + ((layer - 1) * self.directions + direction) * self.block
         }
+    }
+
+    /// Whether calls run through the layer engine (stacks, two directions) rather than the
+    /// sequence engine, which alone splits a step across threads.
+    fn stacked(&self) -> bool {
+        self.layers > 1 || self.directions > 1
+    }
+
+    /// The layer engine's configuration: bidirectional outputs concatenated (`D·H` columns,
+    /// forward direction first), no dropout.
+    fn rnn_config(&self, go_backwards: bool, return_sequences: bool) -> RnnConfig {
+        let mut c = RnnConfig::new(self.cell, self.input, self.hidden)
+            .layers(self.layers)
+            .use_bias(self.use_bias)
+            .go_backwards(go_backwards)
+            .return_sequences(return_sequences);
+        if self.directions == 2 {
+            c = c.bidirectional(Merge::Concat);
+        }
+        c
+    }
+
+    /// The stack over the weight space `ws` (its length already checked).
+    fn rnn<T: Real>(&self, ws: &[T], spec: &SeqSpec) -> CallResult<Rnn<T>> {
+        let mut cells = Vec::new();
+        cells
+            .try_reserve_exact(self.layers * self.directions)
+            .map_err(|_| Error::Allocation {
+                arg: "cells",
+                elements: self.layers * self.directions,
+            })?;
+        for layer in 0..self.layers {
+            for direction in 0..self.directions {
+                cells.push(self.cell(ws, layer, direction)?);
+            }
+        }
+        let config = self.rnn_config(spec.go_backwards, spec.return_sequences);
+        Ok(Rnn::new(config, cells)?)
     }
 
     /// Input width of `layer`: `I` for the first, `D·H` after.
@@ -274,23 +281,40 @@ impl Desc {
         let (t, b, h) = (spec.time_steps, spec.batch, self.hidden);
         let dh = checked_size("y", &[self.directions, h])?;
         let blocks = checked_size("hx", &[self.layers, self.directions])?;
-        let reserve = {
-            // The engine's tape of the one layer (more layers are rejected when the descriptor
-            // is built): `T + 1` state snapshots, then `T·B` per-row cell records. No built-in
-            // record is wider than `5·H`; checking that product first makes the kind's own
-            // (unchecked) width safe to call.
-            checked_size("reserve", &[5, h])?;
-            let tape_width = match self.cell {
-                CellSpec::SimpleRnn(k) => k.tape_width(h),
-                CellSpec::Lstm(k) => k.tape_width(h),
-                CellSpec::Gru(k) => k.tape_width(h),
-            };
-            let snapshots = t.checked_add(1).ok_or(Error::Overflow { arg: "reserve" })?;
-            let states = checked_size("reserve", &[snapshots, self.cell.states(), b, h])?;
-            let cells = checked_size("reserve", &[t, b, tape_width])?;
-            states
-                .checked_add(cells)
-                .ok_or(Error::Overflow { arg: "reserve" })?
+        let (s_, tb) = (self.cell.states(), checked_size("reserve", &[t, b])?);
+        // Every built-in record is at most `5·H` wide; checking that product first makes the
+        // kind's own (unchecked) width safe to call.
+        checked_size("reserve", &[5, h])?;
+        let tape_width = match self.cell {
+            CellConfig::SimpleRnn(k) => k.tape_width(h),
+            CellConfig::Lstm(k) => k.tape_width(h),
+            CellConfig::Gru(k) => k.tape_width(h),
+        };
+        let overflow = Error::Overflow { arg: "reserve" };
+        let reserve = if !self.stacked() {
+            // The sequence engine's tape: `T + 1` state snapshots, then `T·B` cell records.
+            let snapshots = t.checked_add(1).ok_or(overflow.clone())?;
+            checked_size("reserve", &[snapshots, s_, b, h])?
+                .checked_add(checked_size("reserve", &[tb, tape_width])?)
+                .ok_or(overflow)?
+        } else {
+            // The layer engine's tape (`Rnn::tape_len`, which needs weights; tested equal):
+            // per layer and direction the sorted initial state and the final state
+            // (`S·B·H` each), every row's new state (`S·H`), cell record and output (`H`);
+            // per layer but the last, its merged output `[T·B, D·H]`.
+            let per_row = checked_size("reserve", &[s_, h])?
+                .checked_add(tape_width)
+                .and_then(|v| v.checked_add(h))
+                .ok_or(overflow.clone())?;
+            let per_cell = checked_size("reserve", &[2, s_, b, h])?
+                .checked_add(checked_size("reserve", &[tb, per_row])?)
+                .ok_or(overflow.clone())?;
+            checked_size("reserve", &[self.layers, self.directions, per_cell])?
+                .checked_add(checked_size(
+                    "reserve",
+                    &[self.layers - 1, tb, self.directions, h],
+                )?)
+                .ok_or(overflow)?
         };
         Ok(IoSizes {
             x: checked_size("x", &[t, b, self.input])?,
@@ -314,23 +338,6 @@ pub(crate) struct IoSizes {
     pub state: usize,
     pub reserve: usize,
     pub workspace: usize,
-}
-
-/// A built-in cell of any kind, built from one block of a weight space.
-pub(crate) enum AnyCell<T> {
-    SimpleRnn(DynSimpleRnn<T>),
-    Lstm(DynLstm<T>),
-    Gru(DynGru<T>),
-}
-
-impl<T: Real> AnyCell<T> {
-    fn as_cell(&self) -> &dyn Cell<T> {
-        match self {
-            AnyCell::SimpleRnn(c) => c,
-            AnyCell::Lstm(c) => c,
-            AnyCell::Gru(c) => c,
-        }
-    }
 }
 
 /// One block of the weight space, split into its tensors.
@@ -378,11 +385,7 @@ impl Desc {
             b.recurrent_kernel.to_vec(),
             b.biases.map(|(x, y)| (x.to_vec(), y.to_vec())),
         )?;
-        Ok(match self.cell {
-            CellSpec::SimpleRnn(k) => AnyCell::SimpleRnn(Recurrent::from_weights(k, w)?),
-            CellSpec::Lstm(k) => AnyCell::Lstm(Recurrent::from_weights(k, w)?),
-            CellSpec::Gru(k) => AnyCell::Gru(Recurrent::from_weights(k, w)?),
-        })
+        Ok(AnyCell::from_weights(self.cell, w)?)
     }
 
     /// Lengths of the four framework tensors of `layer` in `format` (0 for a tensor the format
@@ -395,7 +398,7 @@ impl Desc {
             FrnnWeightFormat::Internal | FrnnWeightFormat::Torch => [k, rk, b, b],
             FrnnWeightFormat::Keras => {
                 let rows = match self.cell {
-                    CellSpec::Gru(g) if g.reset_after => 2,
+                    CellConfig::Gru(g) if g.reset_after => 2,
                     _ => 1,
                 };
                 [k, rk, rows * b, 0]
@@ -546,9 +549,9 @@ impl Desc {
                     biases: c.zip(d).map(|(x, y)| (x.to_vec(), y.to_vec())),
                 }
             }
-            (_, CellSpec::SimpleRnn(kind)) => import_kind(kind, i, self.hidden, format, src)?,
-            (_, CellSpec::Lstm(kind)) => import_kind(kind, i, self.hidden, format, src)?,
-            (_, CellSpec::Gru(kind)) => import_kind(kind, i, self.hidden, format, src)?,
+            (_, CellConfig::SimpleRnn(kind)) => import_kind(kind, i, self.hidden, format, src)?,
+            (_, CellConfig::Lstm(kind)) => import_kind(kind, i, self.hidden, format, src)?,
+            (_, CellConfig::Gru(kind)) => import_kind(kind, i, self.hidden, format, src)?,
         };
         let lens = self.block_lens(layer)?;
         let at = self.offset(layer, direction);
@@ -711,6 +714,23 @@ impl Desc {
         if let Some(r) = &b.reserve {
             check_min("reserve", r.len(), n.reserve)?;
         }
+        if self.stacked() {
+            let rnn = self.rnn(b.weights, spec)?;
+            let run = RunSpec::new(spec.time_steps, spec.batch).layout(spec.layout);
+            let mut unused;
+            let hy = match b.hy {
+                Some(hy) => hy,
+                None => {
+                    unused = try_filled("hy", n.state, T::ZERO)?;
+                    &mut unused[..]
+                }
+            };
+            match b.reserve {
+                Some(r) => rnn.forward_train(&run, b.x, b.hx, r, b.y, hy)?,
+                None => rnn.forward(&run, b.x, b.hx, b.y, hy)?,
+            }
+            return Ok(());
+        }
         let cell = self.cell(b.weights, 0, 0)?;
         let cell = cell.as_cell();
         let out = match b.reserve {
@@ -747,42 +767,75 @@ impl Desc {
         if let Some(g) = &b.dw {
             check_len("dw", g.len(), self.weight_space_len())?;
         }
-        let any = self.cell(b.weights, 0, 0)?;
-        let cell = any.as_cell();
-        let mut grads = Gradients::zeros(cell, spec)?;
-        if let (Some(dw), GradMode::Accumulate) = (&b.dw, b.mode) {
-            let blk = self.block(dw, 0, 0)?;
-            grads.params[0].copy_from_slice(blk.kernel);
-            grads.params[1].copy_from_slice(blk.recurrent_kernel);
-            if let Some((x, y)) = blk.biases {
-                grads.params[2].copy_from_slice(x);
-                grads.params[3].copy_from_slice(y);
+        // Parameter gradients per cell (`layer·D + direction`), in `Cell::params` order: the
+        // weight-space layout, block after block.
+        let start = match (&b.dw, b.mode) {
+            (Some(dw), GradMode::Accumulate) => Some(&dw[..]),
+            _ => None,
+        };
+        let (dx, dhx, params) = if self.stacked() {
+            let rnn = self.rnn(b.weights, spec)?;
+            let run = RunSpec::new(spec.time_steps, spec.batch).layout(spec.layout);
+            let mut grads = RnnGrads::zeros(&rnn, &run)?;
+            if let Some(start) = start {
+                fill_params(grads.params.iter_mut().flatten(), start);
             }
+            rnn.bptt(
+                &run,
+                b.x,
+                b.hx,
+                b.reserve,
+                b.dy,
+                b.dhy,
+                &mut grads,
+                GradMode::Accumulate,
+            )?;
+            let params = grads.params.into_iter().flatten().collect();
+            (grads.dx, grads.d_initial_state, params)
+        } else {
+            let any = self.cell(b.weights, 0, 0)?;
+            let cell = any.as_cell();
+            let mut grads = Gradients::zeros(cell, spec)?;
+            if let Some(start) = start {
+                fill_params(grads.params.iter_mut(), start);
+            }
+            seq::bptt_into(
+                cell,
+                spec,
+                b.x,
+                b.hx,
+                b.reserve,
+                b.dy,
+                b.dhy,
+                &mut grads,
+                GradMode::Accumulate,
+            )?;
+            (grads.dx, grads.d_initial_state, grads.params)
+        };
+        if let Some(out) = b.dx {
+            out.copy_from_slice(&dx);
         }
-        seq::bptt_into(
-            cell,
-            spec,
-            b.x,
-            b.hx,
-            b.reserve,
-            b.dy,
-            b.dhy,
-            &mut grads,
-            GradMode::Accumulate,
-        )?;
-        if let Some(dx) = b.dx {
-            dx.copy_from_slice(&grads.dx);
-        }
-        if let Some(dhx) = b.dhx {
-            dhx.copy_from_slice(&grads.d_initial_state);
+        if let Some(out) = b.dhx {
+            out.copy_from_slice(&dhx);
         }
         if let Some(dw) = b.dw {
             let mut at = 0;
-            for p in &grads.params {
+            for p in &params {
                 dw[at..at + p.len()].copy_from_slice(p);
                 at += p.len();
             }
         }
         Ok(())
+    }
+}
+
+/// Copies consecutive runs of `from` into each parameter buffer in turn (the weight-space
+/// layout is every cell's parameters, in order, back to back).
+fn fill_params<'a, T: Copy + 'a>(params: impl Iterator<Item = &'a mut Vec<T>>, from: &[T]) {
+    let mut at = 0;
+    for p in params {
+        let len = p.len();
+        p.copy_from_slice(&from[at..at + len]);
+        at += len;
     }
 }

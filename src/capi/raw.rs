@@ -34,9 +34,6 @@ impl CallError {
     pub fn bad_value(arg: &str, reason: impl std::fmt::Display) -> Self {
         Self::new(FrnnStatus::BadValue, format!("`{arg}`: {reason}"))
     }
-    pub fn unsupported(message: impl Into<String>) -> Self {
-        Self::new(FrnnStatus::Unsupported, message)
-    }
 }
 
 impl From<Error> for CallError {
