@@ -1,19 +1,22 @@
-//! Writes the cases `examples/c/rnn_check.c` runs through the C ABI: for an LSTM (`f32`,
-//! PyTorch weights) and a GRU (`f64`, Keras weights), the weights, inputs and upstream
-//! gradients, and the outputs and gradients the Rust API computes from them.
+//! Writes the cases `examples/c/rnn_check.c` runs through the C ABI: an LSTM (`f32`, PyTorch
+//! weights), a GRU (`f64`, Keras weights) and a two-layer bidirectional GRU (`f32`, PyTorch
+//! weights per layer and direction): the weights, inputs and upstream gradients, and the
+//! outputs and gradients the Rust API (`seq`, `layer::Rnn`) computes from them.
 //!
 //! `cargo run --release --example capi_expected -- OUT.txt`
 //!
-//! Format, one item per line: `case NAME CELL DTYPE FORMAT RESET_AFTER LAYOUT I H T B`
-//! (the C enum values), then sections `NAME COUNT v1 v2 …` in a fixed order: the four weight
-//! tensors `w0`..`w3`, `x`, `hx`, `dy`, `dhy`, then the expected `y`, `hy`, `dx`, `dhx` and
-//! the weight gradients `g0`..`g3` in the same framework layout. Values are printed in full
-//! (shortest round-trip decimal of the `f64` value), so the C side reads them exactly.
+//! Format, one item per line: `case NAME CELL DTYPE FORMAT RESET_AFTER LAYOUT I H T B L D`
+//! (the C enum values), then sections `NAME COUNT v1 v2 …` in a fixed order: for each layer
+//! and direction the four weight tensors `w0`..`w3`; `x`, `hx`, `dy`, `dhy`; the expected `y`,
+//! `hy`, `dx`, `dhx`; and for each layer and direction the weight gradients `g0`..`g3` in the
+//! same framework layout. Values are printed in full (shortest round-trip decimal of the `f64`
+//! value), so the C side reads them exactly.
 
 use std::fmt::Write as _;
 
 use fused_rnn::Real;
 use fused_rnn::cell::Recurrent;
+use fused_rnn::layer::{AnyCell, CellConfig, Merge, Rnn, RnnConfig, RnnGrads, RunSpec};
 use fused_rnn::layout::LayoutKind;
 use fused_rnn::prelude::*;
 
@@ -87,7 +90,7 @@ fn case<T: Real, K: LayoutKind>(
     let layout = (spec.layout == Layout::BatchMajor) as u32;
     writeln!(
         out,
-        "case {name} {cell_code} {dtype} {} {} {layout} {i} {h} {} {}",
+        "case {name} {cell_code} {dtype} {} {} {layout} {i} {h} {} {} 1 1",
         format as u32, reset_after as u32, spec.time_steps, spec.batch
     )
     .unwrap();
@@ -136,6 +139,72 @@ fn case<T: Real, K: LayoutKind>(
     Ok(())
 }
 
+/// A stack through `layer::Rnn`, every cell's tensors in PyTorch's layout.
+fn stack_case(out: &mut String, name: &str, rnn: &Rnn<f32>, spec: &RunSpec<'_>) -> Result<()> {
+    let c = rnn.config();
+    let (l, d) = (c.num_layers, c.directions());
+    let (cell_code, reset_after) = match c.cell {
+        CellConfig::SimpleRnn(_) => (0, 1),
+        CellConfig::Lstm(_) => (1, 1),
+        CellConfig::Gru(k) => (2, k.reset_after as u32),
+    };
+    let layout = (spec.layout == Layout::BatchMajor) as u32;
+    writeln!(
+        out,
+        "case {name} {cell_code} 0 {} {reset_after} {layout} {} {} {} {} {l} {d}",
+        Format::Torch as u32,
+        c.input_size,
+        c.hidden_size,
+        spec.time_steps,
+        spec.batch
+    )
+    .unwrap();
+    let torch = |cell: &AnyCell<f32>, grads: Option<&[Vec<f32>]>| -> Result<[Vec<f32>; 4]> {
+        match cell {
+            AnyCell::SimpleRnn(x) => tensors(x, Format::Torch, grads),
+            AnyCell::Lstm(x) => tensors(x, Format::Torch, grads),
+            AnyCell::Gru(x) => tensors(x, Format::Torch, grads),
+        }
+    };
+    for cell in rnn.cells() {
+        for (k, t) in torch(cell, None)?.iter().enumerate() {
+            section(out, &format!("w{k}"), t);
+        }
+    }
+    let x = values::<f32>(rnn.x_len(spec)?, 1);
+    let hx = values::<f32>(rnn.state_len(spec.batch)?, 2);
+    let dy = values::<f32>(rnn.y_len(spec)?, 3);
+    let dhy = values::<f32>(rnn.state_len(spec.batch)?, 4);
+    section(out, "x", &x);
+    section(out, "hx", &hx);
+    section(out, "dy", &dy);
+    section(out, "dhy", &dhy);
+    let (mut y, mut hy) = (vec![0.0; dy.len()], vec![0.0; hx.len()]);
+    let mut tape = vec![0.0; rnn.tape_len(spec)?];
+    rnn.forward_train(spec, &x, Some(&hx), &mut tape, &mut y, &mut hy)?;
+    let mut g = RnnGrads::zeros(rnn, spec)?;
+    rnn.bptt(
+        spec,
+        &x,
+        Some(&hx),
+        &tape,
+        &dy,
+        Some(&dhy),
+        &mut g,
+        GradMode::Overwrite,
+    )?;
+    section(out, "y", &y);
+    section(out, "hy", &hy);
+    section(out, "dx", &g.dx);
+    section(out, "dhx", &g.d_initial_state);
+    for (cell, grads) in rnn.cells().iter().zip(&g.params) {
+        for (k, t) in torch(cell, Some(grads))?.iter().enumerate() {
+            section(out, &format!("g{k}"), t);
+        }
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let path = std::env::args()
         .nth(1)
@@ -162,6 +231,16 @@ fn main() -> Result<()> {
         &gru,
         &SeqSpec::new(5, 3).layout(Layout::BatchMajor),
         false,
+    )?;
+    let config = RnnConfig::new(CellConfig::Gru(GruKind::default()), 3, 4)
+        .layers(2)
+        .bidirectional(Merge::Concat);
+    let rnn = Rnn::<f32>::random(config, 23)?;
+    stack_case(
+        &mut out,
+        "bigru2_f32_torch",
+        &rnn,
+        &RunSpec::new(5, 2).layout(Layout::BatchMajor),
     )?;
     std::fs::write(&path, out).map_err(|e| Error::Invalid {
         arg: "path",

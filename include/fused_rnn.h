@@ -24,7 +24,7 @@ typedef enum FrnnStatus {
   FRNN_STATUS_BAD_VALUE = 3,
   // A size computation overflows.
   FRNN_STATUS_OVERFLOW = 4,
-  // Valid, but not supported by this build.
+  // Valid, but not supported by this build (reserved: no call of this version returns it).
   FRNN_STATUS_UNSUPPORTED = 5,
   // An internal error (a bug in the library); the message says what happened.
   FRNN_STATUS_INTERNAL = 6,
@@ -206,8 +206,8 @@ typedef struct FrnnSeqConfig {
   uint32_t go_backwards;
   // 1: `y` holds every step's output; 0: only the last step's, `[B, D·H]`.
   uint32_t return_sequences;
-  // Threads the forward loop may use (at least 1). Results are bitwise identical for any
-  // value.
+  // Threads the forward loop may use (at least 1; used by one-layer, one-direction
+  // descriptors, stacks run on one thread). Results are bitwise identical for any value.
   size_t threads;
 } FrnnSeqConfig;
 
@@ -293,9 +293,8 @@ const char *frnn_last_error_message(void);
 enum FrnnStatus frnn_rnn_config_init(struct FrnnRnnConfig *config, uint32_t cell);
 
 // Validates `*config` and creates a descriptor in `*out` (left unchanged on failure). Free it
-// with [`frnn_rnn_desc_destroy`].
-//
-// Returns `FRNN_STATUS_UNSUPPORTED` for more than one layer or direction in this build.
+// with [`frnn_rnn_desc_destroy`]. Creating one
+// allocates nothing that depends on the sizes: every size is checked arithmetic.
 //
 // # Safety
 // `config` must be null or point to a readable `FrnnRnnConfig`; `out` null or writable.
@@ -458,6 +457,36 @@ enum FrnnStatus frnn_backward(const struct FrnnRnnDesc *desc,
                               struct FrnnTensorMut dw,
                               uint32_t mode,
                               struct FrnnTensorMut workspace);
+
+extern void cblas_sgemm(int32_t layout,
+                        int32_t trans_a,
+                        int32_t trans_b,
+                        int32_t m,
+                        int32_t n,
+                        int32_t k,
+                        float alpha,
+                        const float *a,
+                        int32_t lda,
+                        const float *b,
+                        int32_t ldb,
+                        float beta,
+                        float *c,
+                        int32_t ldc);
+
+extern void cblas_dgemm(int32_t layout,
+                        int32_t trans_a,
+                        int32_t trans_b,
+                        int32_t m,
+                        int32_t n,
+                        int32_t k,
+                        double alpha,
+                        const double *a,
+                        int32_t lda,
+                        const double *b,
+                        int32_t ldb,
+                        double beta,
+                        double *c,
+                        int32_t ldc);
 
 #ifdef __cplusplus
 }  // extern "C"

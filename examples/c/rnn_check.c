@@ -1,8 +1,9 @@
 /*
  * Runs the cases written by `cargo run --example capi_expected -- FILE` through the C API
  * and compares every output with what the Rust API computed: an LSTM (float, PyTorch
- * weights) and a GRU (double, Keras weights), forward inference, forward training, backward
- * data and backward weights, plus a few calls that must fail with the documented status.
+ * weights), a GRU (double, Keras weights) and a two-layer bidirectional GRU (float, PyTorch
+ * weights per layer and direction): forward inference, forward training, backward data and
+ * backward weights, plus a few calls that must fail with the documented status.
  *
  *   cc -std=c99 -Wall -Wextra -Iinclude examples/c/rnn_check.c target/release/libfused_rnn.a \
  *      -lm -lpthread -ldl -o rnn_check && ./rnn_check expected.txt
@@ -22,15 +23,17 @@ typedef struct {
     double *v;
 } Section;
 
-enum { W0, W1, W2, W3, X, HX, DY, DHY, Y, HY, DX, DHX, G0, G1, G2, G3, SECTIONS };
-static const char *const NAMES[SECTIONS] = {"w0", "w1", "w2", "w3", "x",  "hx", "dy", "dhy",
-                                            "y",  "hy", "dx", "dhx", "g0", "g1", "g2", "g3"};
+/* Sections of a case: per layer and direction w0..w3, then the eight below, then per layer
+   and direction g0..g3. */
+enum { X, HX, DY, DHY, Y, HY, DX, DHX, PLAIN };
+static const char *const NAMES[PLAIN] = {"x", "hx", "dy", "dhy", "y", "hy", "dx", "dhx"};
+enum { MAX_BLOCKS = 8 };
 
 typedef struct {
     char name[64];
     unsigned cell, dtype, format, reset_after, layout;
-    size_t i, h, t, b;
-    Section s[SECTIONS];
+    size_t i, h, t, b, layers, directions;
+    Section w[MAX_BLOCKS][4], s[PLAIN], g[MAX_BLOCKS][4];
 } Case;
 
 static int failures = 0;
@@ -45,24 +48,44 @@ static int failures = 0;
         }                                                                                    \
     } while (0)
 
-static int read_case(FILE *f, Case *c) {
-    if (fscanf(f, " case %63s %u %u %u %u %u %zu %zu %zu %zu", c->name, &c->cell, &c->dtype,
-               &c->format, &c->reset_after, &c->layout, &c->i, &c->h, &c->t, &c->b) != 10)
-        return 0;
-    for (int k = 0; k < SECTIONS; k++) {
-        char name[16];
-        if (fscanf(f, " %15s %zu", name, &c->s[k].len) != 2 || strcmp(name, NAMES[k]) != 0) {
-            fprintf(stderr, "%s: expected section %s\n", c->name, NAMES[k]);
+static void read_section(FILE *f, const Case *c, const char *want, Section *s) {
+    char name[16];
+    if (fscanf(f, " %15s %zu", name, &s->len) != 2 || strcmp(name, want) != 0) {
+        fprintf(stderr, "%s: expected section %s\n", c->name, want);
+        exit(2);
+    }
+    s->v = malloc((s->len + 1) * sizeof(double));
+    for (size_t j = 0; j < s->len; j++)
+        if (fscanf(f, " %lf", &s->v[j]) != 1) {
+            fprintf(stderr, "%s: short section %s\n", c->name, want);
             exit(2);
         }
-        c->s[k].v = malloc((c->s[k].len + 1) * sizeof(double));
-        for (size_t j = 0; j < c->s[k].len; j++)
-            if (fscanf(f, " %lf", &c->s[k].v[j]) != 1) {
-                fprintf(stderr, "%s: short section %s\n", c->name, NAMES[k]);
-                exit(2);
-            }
+}
+
+static size_t blocks(const Case *c) { return c->layers * c->directions; }
+
+static int read_case(FILE *f, Case *c) {
+    if (fscanf(f, " case %63s %u %u %u %u %u %zu %zu %zu %zu %zu %zu", c->name, &c->cell,
+               &c->dtype, &c->format, &c->reset_after, &c->layout, &c->i, &c->h, &c->t, &c->b,
+               &c->layers, &c->directions) != 12)
+        return 0;
+    if (blocks(c) > MAX_BLOCKS) {
+        fprintf(stderr, "%s: too many layers\n", c->name);
+        exit(2);
     }
+    static const char *const W[4] = {"w0", "w1", "w2", "w3"}, *const G[4] = {"g0", "g1", "g2", "g3"};
+    for (size_t k = 0; k < blocks(c); k++)
+        for (int j = 0; j < 4; j++) read_section(f, c, W[j], &c->w[k][j]);
+    for (int k = 0; k < PLAIN; k++) read_section(f, c, NAMES[k], &c->s[k]);
+    for (size_t k = 0; k < blocks(c); k++)
+        for (int j = 0; j < 4; j++) read_section(f, c, G[j], &c->g[k][j]);
     return 1;
+}
+
+static void free_case(Case *c) {
+    for (size_t k = 0; k < blocks(c); k++)
+        for (int j = 0; j < 4; j++) free(c->w[k][j].v), free(c->g[k][j].v);
+    for (int k = 0; k < PLAIN; k++) free(c->s[k].v);
 }
 
 /* A buffer of the case's dtype holding a section (or `len` zeros when `s` is NULL). */
@@ -119,23 +142,28 @@ static void run_case(const Case *c) {
     cfg.gru_reset_after = c->reset_after;
     cfg.input_size = c->i;
     cfg.hidden_size = c->h;
+    cfg.num_layers = c->layers;
+    cfg.num_directions = c->directions;
     FrnnRnnDesc *desc = NULL;
     CHECK(frnn_rnn_desc_create(&cfg, &desc));
 
-    FrnnSeqConfig seq = {c->t, c->b, c->layout, 0, 1, 1};
+    FrnnSeqConfig seq = {c->t, c->b, c->layout, 0, 1, 2};
     FrnnSizes n;
     CHECK(frnn_get_sizes(desc, &seq, &n));
 
-    /* Weights from the framework layout into the weight space. */
-    void *w[4];
-    FrnnWeightTensors src;
-    for (int k = 0; k < 4; k++) w[k] = buffer(c, &c->s[W0 + k], 0);
-    src.input_weights = in(w[0], c->s[W0].len);
-    src.recurrent_weights = in(w[1], c->s[W1].len);
-    src.input_bias = in(w[2], c->s[W2].len);
-    src.recurrent_bias = in(w[3], c->s[W3].len);
+    /* Weights from the framework layout into the weight space, layer by layer and direction
+       by direction. */
     void *ws = buffer(c, NULL, n.weight_space);
-    CHECK(frnn_set_weights(desc, c->format, 0, 0, &src, out(ws, n.weight_space)));
+    for (size_t k = 0; k < blocks(c); k++) {
+        const Section *t = c->w[k];
+        void *w[4];
+        for (int j = 0; j < 4; j++) w[j] = buffer(c, &t[j], 0);
+        FrnnWeightTensors src = {in(w[0], t[0].len), in(w[1], t[1].len), in(w[2], t[2].len),
+                                 in(w[3], t[3].len)};
+        CHECK(frnn_set_weights(desc, c->format, k / c->directions, k % c->directions, &src,
+                               out(ws, n.weight_space)));
+        for (int j = 0; j < 4; j++) free(w[j]);
+    }
 
     void *x = buffer(c, &c->s[X], 0), *hx = buffer(c, &c->s[HX], 0);
     void *dy = buffer(c, &c->s[DY], 0), *dhy = buffer(c, &c->s[DHY], 0);
@@ -167,20 +195,20 @@ static void run_case(const Case *c) {
                                 out(work, n.workspace)));
 
     /* Weight gradients back in the framework layout. */
-    size_t lens[4];
-    CHECK(frnn_get_weight_tensor_lens(desc, c->format, 0, lens));
-    void *g[4];
-    FrnnWeightTensorsMut dst;
-    for (int k = 0; k < 4; k++) g[k] = buffer(c, NULL, lens[k]);
-    dst.input_weights = out(g[0], lens[0]);
-    dst.recurrent_weights = out(g[1], lens[1]);
-    dst.input_bias = out(g[2], lens[2]);
-    dst.recurrent_bias = out(g[3], lens[3]);
-    CHECK(frnn_get_weight_grads(desc, c->format, 0, 0, in(dw, n.weight_space), &dst));
-    for (int k = 0; k < 4; k++) {
-        char what[32];
-        snprintf(what, sizeof what, "backward_weights g%d", k);
-        compare(c, what, g[k], lens[k], &c->s[G0 + k]);
+    for (size_t k = 0; k < blocks(c); k++) {
+        size_t layer = k / c->directions, dir = k % c->directions, lens[4];
+        CHECK(frnn_get_weight_tensor_lens(desc, c->format, layer, lens));
+        void *g[4];
+        for (int j = 0; j < 4; j++) g[j] = buffer(c, NULL, lens[j]);
+        FrnnWeightTensorsMut dst = {out(g[0], lens[0]), out(g[1], lens[1]), out(g[2], lens[2]),
+                                    out(g[3], lens[3])};
+        CHECK(frnn_get_weight_grads(desc, c->format, layer, dir, in(dw, n.weight_space), &dst));
+        for (int j = 0; j < 4; j++) {
+            char what[48];
+            snprintf(what, sizeof what, "dw l%zu d%zu g%d", layer, dir, j);
+            compare(c, what, g[j], lens[j], &c->g[k][j]);
+            free(g[j]);
+        }
     }
 
     /* Calls that must fail, with a message. */
@@ -194,19 +222,15 @@ static void run_case(const Case *c) {
     printf("%-16s null seq -> %s: %s\n", c->name, frnn_status_name(st),
            frnn_last_error_message());
     if (st != FRNN_STATUS_NULL_POINTER) failures++;
-    FrnnRnnConfig two = cfg;
-    two.num_layers = 2;
+    FrnnRnnConfig bad = cfg;
+    bad.num_directions = 3;
     FrnnRnnDesc *none = NULL;
-    st = frnn_rnn_desc_create(&two, &none);
-    printf("%-16s 2 layers -> %s: %s\n", c->name, frnn_status_name(st),
+    st = frnn_rnn_desc_create(&bad, &none);
+    printf("%-16s 3 directions -> %s: %s\n", c->name, frnn_status_name(st),
            frnn_last_error_message());
+    if (st != FRNN_STATUS_BAD_VALUE || none != NULL) failures++;
 
     frnn_rnn_desc_destroy(desc);
-    frnn_rnn_desc_destroy(none);
-    for (int k = 0; k < 4; k++) {
-        free(w[k]);
-        free(g[k]);
-    }
     free(ws), free(x), free(hx), free(dy), free(dhy), free(y), free(hy);
     free(work), free(reserve), free(dx), free(dhx), free(dw);
 }
@@ -226,10 +250,10 @@ int main(int argc, char **argv) {
     Case c;
     while (memset(&c, 0, sizeof c), read_case(f, &c)) {
         run_case(&c);
-        for (int k = 0; k < SECTIONS; k++) free(c.s[k].v);
+        free_case(&c);
         cases++;
     }
     fclose(f);
     printf("%d case(s), %d failure(s)\n", cases, failures);
-    return failures == 0 && cases == 2 ? 0 : 1;
+    return failures == 0 && cases == 3 ? 0 : 1;
 }

@@ -15,9 +15,10 @@
 //!   reported as [`FrnnStatus::Internal`].
 //!
 //! # Shapes
-//! `x [T, B, I]` (time-major) or `[B, T, I]` (batch-major); `y` likewise with `D·H` columns
-//! (only `[B, D·H]` without `return_sequences`); states `hx`, `hy`, `dhx`, `dhy`:
-//! `[S, L·D, B, H]` with `S = 2` for LSTM (`h` then `c`), 1 otherwise.
+//! `x [T, B, I]` (time-major) or `[B, T, I]` (batch-major); `y` likewise with `D·H` columns,
+//! the forward direction's `H` first (only `[B, D·H]` without `return_sequences`); states
+//! `hx`, `hy`, `dhx`, `dhy`: `[S, L·D, B, H]` with `S = 2` for LSTM (`h` then `c`), 1
+//! otherwise. Layer `l + 1` consumes layer `l`'s concatenated output sequence.
 //!
 //! # Weight space
 //! One flat buffer of [`frnn_get_weight_space_size`] elements: for every layer, then
@@ -54,7 +55,7 @@ pub enum FrnnStatus {
     BadValue = 3,
     /// A size computation overflows.
     Overflow = 4,
-    /// Valid, but not supported by this build.
+    /// Valid, but not supported by this build (reserved: no call of this version returns it).
     Unsupported = 5,
     /// An internal error (a bug in the library); the message says what happened.
     Internal = 6,
@@ -214,8 +215,8 @@ pub struct FrnnSeqConfig {
     pub go_backwards: u32,
     /// 1: `y` holds every step's output; 0: only the last step's, `[B, D·H]`.
     pub return_sequences: u32,
-    /// Threads the forward loop may use (at least 1). Results are bitwise identical for any
-    /// value.
+    /// Threads the forward loop may use (at least 1; used by one-layer, one-direction
+    /// descriptors, stacks run on one thread). Results are bitwise identical for any value.
     pub threads: usize,
 }
 
@@ -367,9 +368,8 @@ pub unsafe extern "C" fn frnn_rnn_config_init(config: *mut FrnnRnnConfig, cell: 
 }
 
 /// Validates `*config` and creates a descriptor in `*out` (left unchanged on failure). Free it
-/// with [`frnn_rnn_desc_destroy`].
-///
-/// Returns `FRNN_STATUS_UNSUPPORTED` for more than one layer or direction in this build.
+/// with [`frnn_rnn_desc_destroy`]. Creating one
+/// allocates nothing that depends on the sizes: every size is checked arithmetic.
 ///
 /// # Safety
 /// `config` must be null or point to a readable `FrnnRnnConfig`; `out` null or writable.
