@@ -33,20 +33,28 @@ section "fuzz targets, ${FUZZ_SECONDS}s each"
 if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked
 fi
+mkdir -p target/fuzz-logs
 for target in $(cargo fuzz list --fuzz-dir fuzz); do
     echo "-- fuzz $target"
-    cargo fuzz run --fuzz-dir fuzz --sanitizer none "$target" -- \
-        -max_total_time="$FUZZ_SECONDS" -print_final_stats=1 2>&1 |
-        grep -E 'Done|stat::number_of_executed_units|ERROR|panicked|SUMMARY' || true
-    # A crash leaves an artifact and a non-zero status: fail on either.
-    if ls fuzz/artifacts/"$target"/crash-* >/dev/null 2>&1; then
-        echo "fuzz target $target crashed"; exit 1
+    mkdir -p "fuzz/corpus/$target"
+    seeds=()
+    # The fixture loader starts from the shipped fixtures (read-only seeds).
+    if [ "$target" = fixtures ]; then seeds=(tests/fixtures/v1); fi
+    # Inputs that once crashed a target run first (they also replay in tests/fuzz_regressions.rs).
+    if [ -d "fuzz/regressions/$target" ]; then seeds+=("fuzz/regressions/$target"); fi
+    log="target/fuzz-logs/$target.log"
+    if ! cargo fuzz run --fuzz-dir fuzz --sanitizer none "$target" "fuzz/corpus/$target" \
+        "${seeds[@]}" -- -max_total_time="$FUZZ_SECONDS" -print_final_stats=1 >"$log" 2>&1; then
+        tail -n 60 "$log"
+        echo "fuzz target $target failed (input under fuzz/artifacts/$target)"
+        exit 1
     fi
+    grep -E '^Done|stat::number_of_executed_units|stat::average_exec_per_sec' "$log"
 done
 
 section "AddressSanitizer: kernel tests"
 RUSTC_BOOTSTRAP=1 RUSTFLAGS="-Zsanitizer=address" ASAN_OPTIONS=detect_leaks=1 \
     PROPTEST_CASES=${ASAN_PROPTEST_CASES:-16} \
     cargo test --target x86_64-unknown-linux-gnu --target-dir target/asan \
-    --lib --test prop_kernels --test backends --test capi
+    --lib --test prop_kernels --test backends --test capi --test fuzz_regressions
 section "done"

@@ -90,3 +90,57 @@ fn bitwise_identical_for_any_thread_count() {
         .unwrap();
     }
 }
+
+/// Stacks and bidirectional layers (`layer::Rnn`, one thread per call): the same bits from
+/// call to call and from several threads sharing one `Rnn` at once.
+#[test]
+fn stacks_are_bitwise_repeatable_across_threads() {
+    use fused_rnn::layer::{CellConfig, Merge, Rnn, RnnConfig, RnnGrads, RunSpec};
+    for cell in [
+        CellConfig::Lstm(LstmKind::default()),
+        CellConfig::Gru(GruKind::default()),
+    ] {
+        let config = RnnConfig::new(cell, 6, 40)
+            .layers(2)
+            .bidirectional(Merge::Concat);
+        let rnn = Rnn::<f32>::random(config, 3).unwrap();
+        let spec = RunSpec::new(7, 3);
+        let x: Vec<f32> = (0..rnn.x_len(&spec).unwrap())
+            .map(|k| (k as f32 * 0.37).sin())
+            .collect();
+        let run = || {
+            let mut y = vec![0.0; rnn.y_len(&spec).unwrap()];
+            let mut hy = vec![0.0; rnn.state_len(3).unwrap()];
+            let mut tape = vec![0.0; rnn.tape_len(&spec).unwrap()];
+            rnn.forward_train(&spec, &x, None, &mut tape, &mut y, &mut hy)
+                .unwrap();
+            let mut g = RnnGrads::zeros(&rnn, &spec).unwrap();
+            let dy = vec![0.5; y.len()];
+            rnn.bptt(
+                &spec,
+                &x,
+                None,
+                &tape,
+                &dy,
+                None,
+                &mut g,
+                GradMode::Overwrite,
+            )
+            .unwrap();
+            let mut all = vec![bits(&y), bits(&hy), bits(&tape), bits(&g.dx)];
+            all.extend(g.params.iter().flatten().map(|p| bits(p)));
+            all
+        };
+        let one = run();
+        assert!(run() == one, "{cell:?}: run to run");
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4).map(|_| s.spawn(run)).collect();
+            for h in handles {
+                assert!(
+                    h.join().unwrap() == one,
+                    "{cell:?}: concurrent call differs"
+                );
+            }
+        });
+    }
+}

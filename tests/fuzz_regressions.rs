@@ -16,6 +16,9 @@ mod fixtures;
 #[path = "../fuzz/cases/layouts.rs"]
 mod layouts;
 #[allow(dead_code)]
+#[path = "../fuzz/cases/model.rs"]
+mod model;
+#[allow(dead_code)]
 #[path = "../fuzz/cases/reference.rs"]
 mod reference;
 
@@ -84,4 +87,9 @@ fn layouts_cases() {
 #[test]
 fn reference_cases() {
     replay("reference", reference::run, 200);
+}
+
+#[test]
+fn model_cases() {
+    replay("model", model::run, 300);
 }
