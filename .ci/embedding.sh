@@ -53,7 +53,7 @@ for target in $(cargo fuzz list --fuzz-dir fuzz); do
 done
 
 section "AddressSanitizer: kernel tests"
-RUSTC_BOOTSTRAP=1 RUSTFLAGS="-Zsanitizer=address" ASAN_OPTIONS=detect_leaks=1 \
+RUSTC_BOOTSTRAP=1 RUSTFLAGS="-Zsanitizer=address" ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1 \
     PROPTEST_CASES=${ASAN_PROPTEST_CASES:-16} \
     cargo test --target x86_64-unknown-linux-gnu --target-dir target/asan \
     --lib --test prop_kernels --test backends --test capi --test fuzz_regressions

@@ -39,6 +39,14 @@
 //! for the selected instruction set. The large products over all `T·B` rows go through
 //! `matrixmultiply`, which dispatches on the CPU itself.
 //!
+//! ## Determinism
+//!
+//! Results are bitwise identical from run to run, for any [`seq::SeqSpec::threads`], and when
+//! many threads share one cell: a step split across threads computes every unit with the same
+//! kernel and operation order as one thread, products split by rows keep each row's order,
+//! and backpropagation runs on one thread (`tests/determinism.rs`). They can differ between
+//! backends and with the opt-in `openblas` feature.
+//!
 //! ## Accuracy
 //!
 //! The `f32` vector activations are within 1 ULP (`exp`), 2 ULP (`sigmoid`, `tanh`) of the

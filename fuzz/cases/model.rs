@@ -30,14 +30,23 @@ fn config(u: &mut Unstructured<'_>) -> arbitrary::Result<RnnConfig> {
     Ok(c)
 }
 
+/// The weights as bits, every NaN as one canonical NaN: converting a signalling NaN (f32 →
+/// f64 → f32, as loading does) quiets it, which changes its bits but not its meaning.
 fn weights(rnn: &Rnn<f32>) -> Vec<Vec<u32>> {
+    let b = |x: &f32| {
+        if x.is_nan() {
+            f32::NAN.to_bits()
+        } else {
+            x.to_bits()
+        }
+    };
     rnn.cells()
         .iter()
         .map(|c| {
             let w = c.weights();
-            let mut v: Vec<u32> = w.kernel().iter().map(|x| x.to_bits()).collect();
-            v.extend(w.recurrent_kernel().iter().map(|x| x.to_bits()));
-            v.extend(w.bias().unwrap_or(&[]).iter().map(|x| x.to_bits()));
+            let mut v: Vec<u32> = w.kernel().iter().map(b).collect();
+            v.extend(w.recurrent_kernel().iter().map(b));
+            v.extend(w.bias().unwrap_or(&[]).iter().map(b));
             v.extend(
                 w.recurrent_bias()
                     .unwrap_or(&[])
