@@ -4,6 +4,7 @@
 //! memory; absurd dimensions are rejected with an error before anything is allocated.
 
 use std::alloc::{GlobalAlloc, Layout as AllocLayout, System};
+use std::cell::Cell as StdCell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
@@ -11,19 +12,32 @@ use fused_rnn::cell::Cell;
 use fused_rnn::prelude::*;
 use fused_rnn::{Backend, Real, with_backend};
 
-/// Counts live bytes and the peak since the last reset (all threads).
+/// Counts this thread's live bytes and their peak since the last reset (per thread, so that
+/// the other tests of this binary, running at the same time, do not count), and the largest
+/// allocation that succeeded on any thread.
 struct Tracking;
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static LIVE: StdCell<isize> = const { StdCell::new(0) };
+    static PEAK: StdCell<isize> = const { StdCell::new(0) };
+}
 /// The largest allocation that succeeded.
 static LARGEST: AtomicUsize = AtomicUsize::new(0);
 
 fn grew(n: usize) {
-    let live = LIVE.fetch_add(n, Ordering::Relaxed) + n;
-    PEAK.fetch_max(live, Ordering::Relaxed);
+    let live = LIVE.with(|l| {
+        l.set(l.get() + n as isize);
+        l.get()
+    });
+    PEAK.with(|p| p.set(p.get().max(live)));
 }
 
-// SAFETY: forwards to the system allocator; the counters are plain atomics.
+fn shrank(n: usize) {
+    LIVE.with(|l| l.set(l.get() - n as isize));
+}
+
+// SAFETY: forwards to the system allocator; the counters are an atomic and const-initialised
+// thread-locals without destructors, so touching them never allocates or re-enters.
 unsafe impl GlobalAlloc for Tracking {
     unsafe fn alloc(&self, layout: AllocLayout) -> *mut u8 {
         // SAFETY: same contract as ours.
@@ -35,7 +49,7 @@ unsafe impl GlobalAlloc for Tracking {
         p
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: AllocLayout) {
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        shrank(layout.size());
         // SAFETY: same contract as ours.
         unsafe { System.dealloc(ptr, layout) }
     }
@@ -43,7 +57,7 @@ unsafe impl GlobalAlloc for Tracking {
         // SAFETY: same contract as ours.
         let p = unsafe { System.realloc(ptr, layout, new_size) };
         if !p.is_null() {
-            LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+            shrank(layout.size());
             grew(new_size);
             LARGEST.fetch_max(new_size, Ordering::Relaxed);
         }
@@ -303,13 +317,13 @@ fn a_million_streaming_steps_run_in_constant_memory() {
         for _ in 0..1000 {
             stream.step(&x).unwrap();
         }
-        let live = LIVE.load(Ordering::Relaxed);
-        PEAK.store(live, Ordering::Relaxed);
+        let live = LIVE.with(|l| l.get());
+        PEAK.with(|p| p.set(live));
         let mut last = 0.0;
         for _ in 1000..steps {
             last = stream.step(&x).unwrap()[0];
         }
-        let (after, peak) = (LIVE.load(Ordering::Relaxed), PEAK.load(Ordering::Relaxed));
+        let (after, peak) = (LIVE.with(|l| l.get()), PEAK.with(|p| p.get()));
         println!(
             "batch {batch}: {steps} steps, live bytes {live} -> {after}, peak growth {}",
             peak - live
@@ -319,9 +333,9 @@ fn a_million_streaming_steps_run_in_constant_memory() {
             after <= live,
             "batch {batch}: memory grew from {live} to {after} bytes"
         );
-        // Other tests of this binary may allocate concurrently; allow their small buffers.
+        // Batch 6 allocates (and frees) the matrix product's packing buffers per step.
         assert!(
-            peak - live < 1 << 20,
+            peak - live < 1 << 16,
             "batch {batch}: peak grew by {} bytes",
             peak - live
         );
