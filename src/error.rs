@@ -81,6 +81,14 @@ pub enum Error {
         /// The argument whose size overflowed.
         arg: &'static str,
     },
+    /// A buffer the call needs cannot be allocated (reported instead of aborting the process).
+    #[error("`{arg}`: cannot allocate {elements} elements")]
+    Allocation {
+        /// The buffer.
+        arg: &'static str,
+        /// Its number of elements.
+        elements: usize,
+    },
 }
 
 /// The crate's result type.
@@ -114,4 +122,14 @@ pub(crate) fn checked_size(arg: &'static str, factors: &[usize]) -> Result<usize
         .iter()
         .try_fold(1usize, |acc, &f| acc.checked_mul(f))
         .ok_or(Error::Overflow { arg })
+}
+
+/// A vector of `len` copies of `value`, or [`Error::Allocation`] when the memory cannot be had
+/// (absurd sizes must be an error, not an abort).
+pub(crate) fn try_filled<T: Clone>(arg: &'static str, len: usize, value: T) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len)
+        .map_err(|_| Error::Allocation { arg, elements: len })?;
+    v.resize(len, value);
+    Ok(v)
 }

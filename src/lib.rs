@@ -12,6 +12,8 @@
 //!   against, public for users who check their own work.
 //! - [`gradcheck`](mod@gradcheck): central finite differences for any [`Cell`].
 //! - [`layout`]: Keras, PyTorch and ONNX weight layouts.
+//! - [`capi`]: the C ABI (`include/fused_rnn.h`, `docs/C_API.md`); the crate also builds as
+//!   `cdylib` and `staticlib`.
 //!
 //! ## Gate layouts
 //!
@@ -43,6 +45,15 @@
 //! through time on NVIDIA GPUs from PTX embedded in the library (needs only the driver at run
 //! time; `Error::Device` without one). See `docs/CUDA.md`.
 //!
+//! ## Determinism
+//!
+//! Results are bitwise identical from run to run, for any [`seq::SeqSpec::threads`], and when
+//! many threads share one cell: a step split across threads computes every unit with the same
+//! kernel and operation order as one thread, and products split across threads (by rows or by
+//! blocks of their result) keep each element's order of operations (`tests/determinism.rs`,
+//! `tests/threads.rs`). They can differ between backends and with the opt-in `openblas`
+//! feature.
+//!
 //! ## Accuracy
 //!
 //! The `f32` vector activations are within 1 ULP (`exp`), 2 ULP (`sigmoid`, `tanh`) of the
@@ -54,6 +65,7 @@
 #![warn(missing_docs)]
 
 pub mod activation;
+pub mod capi;
 pub mod cell;
 pub(crate) mod cpu;
 #[cfg(feature = "cuda")]

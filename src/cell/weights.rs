@@ -8,7 +8,7 @@ use super::{Cell, Param, Part, StepBackward, StepForward};
 use crate::cpu;
 use crate::cpu::packed::{PackedRecurrent, TILE_UNITS};
 use crate::dim::Dim;
-use crate::error::{Error, Result, check_len, check_nonzero, checked_size};
+use crate::error::{Error, Result, check_len, check_nonzero, checked_size, try_filled};
 use crate::real::Real;
 
 /// Index of `kernel` in a built-in cell's [`Cell::params`].
@@ -99,13 +99,23 @@ impl<T: Real, I: Dim, H: Dim> RecurrentWeights<T, I, H> {
     pub fn zeros(input: I, hidden: H, gates: usize, use_bias: bool) -> Result<Self> {
         let (i, h) = (input.value(), hidden.value());
         let gh = checked_size("hidden_size", &[gates, h])?;
-        let biases = use_bias.then(|| (vec![T::ZERO; gh], vec![T::ZERO; gh]));
+        let biases = match use_bias {
+            true => Some((
+                try_filled("bias", gh, T::ZERO)?,
+                try_filled("recurrent_bias", gh, T::ZERO)?,
+            )),
+            false => None,
+        };
         Self::new(
             input,
             hidden,
             gates,
-            vec![T::ZERO; checked_size("kernel", &[i, gh])?],
-            vec![T::ZERO; checked_size("recurrent_kernel", &[h, gh])?],
+            try_filled("kernel", checked_size("kernel", &[i, gh])?, T::ZERO)?,
+            try_filled(
+                "recurrent_kernel",
+                checked_size("recurrent_kernel", &[h, gh])?,
+                T::ZERO,
+            )?,
             biases,
         )
     }

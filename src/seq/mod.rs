@@ -42,7 +42,7 @@ pub use run::{bptt, bptt_into, forward, forward_train, tape_len};
 pub use stream::Stream;
 
 use crate::cell::Cell;
-use crate::error::{Result, check_len, check_nonzero, checked_size};
+use crate::error::{Result, check_len, check_nonzero, checked_size, try_filled};
 use crate::real::Real;
 
 /// Memory order of `x`, `dx` and a sequence `y`.
@@ -155,9 +155,13 @@ impl<T: Real> Gradients<T> {
     pub fn zeros<C: Cell<T> + ?Sized>(cell: &C, spec: &SeqSpec) -> Result<Self> {
         let d = Dims::new(cell, spec)?;
         Ok(Self {
-            dx: vec![T::ZERO; d.x_len],
-            d_initial_state: vec![T::ZERO; d.state_len],
-            params: crate::cell::zero_grads(cell),
+            dx: try_filled("dx", d.x_len, T::ZERO)?,
+            d_initial_state: try_filled("d_initial_state", d.state_len, T::ZERO)?,
+            params: cell
+                .params()
+                .iter()
+                .map(|p| try_filled("params", p.data.len(), T::ZERO))
+                .collect::<Result<_>>()?,
         })
     }
 }
@@ -207,7 +211,11 @@ impl Dims {
             checked_size("y", &[b, h])?
         };
         // The largest per-sequence buffers, checked here so later products cannot overflow.
-        checked_size("tape", &[t + 1, s, b, h])?;
+        let snapshots = t
+            .checked_add(1)
+            .ok_or(crate::Error::Overflow { arg: "tape" })?;
+        checked_size("tape", &[snapshots, s, b, h])?;
+        checked_size("scratch", &[b, cell.scratch_width()])?;
         checked_size(
             "tape",
             &[t, b, cell.tape_width().max(cell.projection_width())],
@@ -228,7 +236,11 @@ impl Dims {
 
     /// Length of the training record: `T + 1` state snapshots, then `T` cell records.
     fn tape_len(&self) -> Result<usize> {
-        let states = checked_size("tape", &[self.t + 1, self.state_len])?;
+        let snapshots = self
+            .t
+            .checked_add(1)
+            .ok_or(crate::Error::Overflow { arg: "tape" })?;
+        let states = checked_size("tape", &[snapshots, self.state_len])?;
         let cell = checked_size("tape", &[self.t, self.b, self.tw])?;
         states
             .checked_add(cell)

@@ -4,7 +4,7 @@ use std::borrow::Cow;
 
 use super::{Dims, GradMode, Gradients, Output, SeqSpec, parallel};
 use crate::cell::{Cell, Part, StepBackward, StepForward};
-use crate::error::{Result, check_len};
+use crate::error::{Result, check_len, try_filled};
 use crate::real::Real;
 
 /// Length of the training record [`forward_train`] writes for `cell` over `spec`:
@@ -23,7 +23,7 @@ pub fn forward<T: Real, C: Cell<T> + ?Sized>(
 ) -> Result<Output<T>> {
     let d = Dims::new(cell, spec)?;
     d.check_inputs(x, initial_state)?;
-    let mut states = vec![T::ZERO; 2 * d.state_len];
+    let mut states = try_filled("state", 2 * d.state_len, T::ZERO)?;
     run_forward(
         cell,
         spec,
@@ -83,17 +83,17 @@ fn run_forward<T: Real, C: Cell<T> + ?Sized>(
 ) -> Result<Output<T>> {
     cell.prepare();
     let xs = processing_order(spec, d, x);
-    let mut proj = vec![T::ZERO; d.t * d.b * d.p];
+    let mut proj = try_filled("projection", d.t * d.b * d.p, T::ZERO)?;
     if d.p > 0 {
         parallel::project(cell, spec.threads, d, &xs, &mut proj);
     }
-    let mut scratch = vec![T::ZERO; d.b * d.sw];
+    let mut scratch = try_filled("scratch", d.b * d.sw, T::ZERO)?;
     let sl = d.state_len;
     match initial_state {
         Some(s) => states[..sl].copy_from_slice(s),
         None => states[..sl].fill(T::ZERO),
     }
-    let mut y = vec![T::ZERO; d.y_len];
+    let mut y = try_filled("y", d.y_len, T::ZERO)?;
     if spec.threads > 1 && cell.max_parts(d.b) > 1 {
         let initial = states[..sl].to_vec();
         let input = parallel::Inputs {
@@ -226,9 +226,9 @@ pub fn bptt_into<T: Real, C: Cell<T> + ?Sized>(
     let sl = d.state_len;
     let (states, cell_tape) = tape[..need].split_at((d.t + 1) * sl);
     let xs = processing_order(spec, &d, x);
-    let mut dxs = vec![T::ZERO; d.x_len];
-    let mut d_proj = vec![T::ZERO; d.t * d.b * d.p];
-    let mut scratch = vec![T::ZERO; d.b * d.sw];
+    let mut dxs = try_filled("dx", d.x_len, T::ZERO)?;
+    let mut d_proj = try_filled("projection", d.t * d.b * d.p, T::ZERO)?;
+    let mut scratch = try_filled("scratch", d.b * d.sw, T::ZERO)?;
     let mut d_next = match d_final_state {
         Some(g) => g.to_vec(),
         None => vec![T::ZERO; sl],

@@ -1,7 +1,7 @@
 //! One step at a time, keeping the state between calls (real-time use).
 
 use crate::cell::{Cell, Part, StepForward};
-use crate::error::{Result, check_len, check_nonzero, checked_size};
+use crate::error::{Result, check_len, check_nonzero, checked_size, try_filled};
 use crate::real::Real;
 
 /// A batch of `B` sequences advanced one step per call.
@@ -33,10 +33,18 @@ impl<'c, T: Real, C: Cell<T> + ?Sized> Stream<'c, T, C> {
         Ok(Self {
             cell,
             batch,
-            state: vec![T::ZERO; state_len],
-            next: vec![T::ZERO; state_len],
-            proj: vec![T::ZERO; checked_size("proj", &[batch, cell.projection_width()])?],
-            scratch: vec![T::ZERO; checked_size("scratch", &[batch, cell.scratch_width()])?],
+            state: try_filled("state", state_len, T::ZERO)?,
+            next: try_filled("state", state_len, T::ZERO)?,
+            proj: try_filled(
+                "proj",
+                checked_size("proj", &[batch, cell.projection_width()])?,
+                T::ZERO,
+            )?,
+            scratch: try_filled(
+                "scratch",
+                checked_size("scratch", &[batch, cell.scratch_width()])?,
+                T::ZERO,
+            )?,
         })
     }
 
