@@ -32,10 +32,11 @@
 //! `avx512` (AVX-512F). The best one the CPU has is detected once at first use; set
 //! `FUSED_RNN_BACKEND=scalar|avx2|avx512` in the environment, call [`set_backend`] for the
 //! process or [`with_backend`] for one thread to force another. In `f32` the SIMD backends
-//! use explicit vector code: products with register tiles, vector activations, and for batches
-//! of up to 4 rows a register-fused step over recurrent weights packed once into 16-unit tiles
-//! (optionally in bfloat16, [`cell::Recurrent::set_bf16_inference`]), which
-//! [`seq::SeqSpec::threads`] can split across threads. `f64` runs the portable code compiled
+//! use explicit vector code: products with register tiles, vector activations, and a
+//! register-fused forward step over recurrent weights packed once into 16-unit tiles, a block of
+//! batch rows per pass (optionally in bfloat16, [`cell::Recurrent::set_bf16_inference`]), which
+//! [`seq::SeqSpec::threads`] can split across threads; BPTT's state gradient runs on the
+//! transposed weights packed the same way. `f64` runs the portable code compiled
 //! for the selected instruction set. The large products over all `T·B` rows go through
 //! `matrixmultiply`, which dispatches on the CPU itself.
 //!

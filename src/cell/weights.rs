@@ -37,7 +37,7 @@ pub struct RecurrentWeights<T, I: Dim, H: Dim> {
     /// The recurrent weights in the register-fused kernels' tile layout (`f32` only), built on
     /// first use and dropped whenever the weights are handed out mutably.
     pub(crate) packed: OnceLock<PackedRecurrent>,
-    /// Inference steps of small batches stream the recurrent weights as bfloat16.
+    /// Packed inference steps stream the recurrent weights as bfloat16.
     pub(crate) bf16_inference: bool,
 }
 
@@ -272,7 +272,7 @@ impl<T: Real, K: CellKind, I: Dim, H: Dim> Recurrent<T, K, I, H> {
 
     /// Whether inference with `f32` on the AVX2 / AVX-512 backends streams the recurrent
     /// weights as bfloat16 (rounded to nearest once, widened exactly in the kernel): half the
-    /// bytes per step for batches of up to 4 rows, at bfloat16's relative precision of 2⁻⁹ per
+    /// bytes per packed forward step (see the crate docs), at bfloat16's relative precision of 2⁻⁹ per
     /// weight. Over 100 steps with Glorot-scaled weights the outputs stay within 4.5e-4 (LSTM),
     /// 8.5e-4 (GRU) and 5.1e-3 (SimpleRNN, H = 256) of the `f32`-weight outputs, measured by
     /// `tests/bf16.rs`, which asserts 2e-2. Training forward and backward always use the `f32`

@@ -287,7 +287,7 @@ pub(crate) fn dispatch<T: Real, I: Dim, H: Dim>(job: Job<'_, T, I, H>) {
 }
 
 /// Per element type: which operations each backend uses. `f32` has explicit SIMD, and
-/// forward steps of small batches run the register-fused kernels over packed weights.
+/// forward steps run the register-fused kernels over packed weights (see [`run_packed`]).
 pub(crate) fn run_f32<I: Dim, H: Dim>(job: Job<'_, f32, I, H>, backend: Backend) {
     match backend {
         #[cfg(target_arch = "x86_64")]
