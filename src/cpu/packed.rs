@@ -4,10 +4,12 @@
 //! [`PackedRecurrent`] stores `recurrent_kernel [H, G·H]` as tiles of [`TILE_UNITS`] hidden
 //! units: tile `τ` holds, for every input row `k` and every gate `g`, the 16 weights
 //! `U[k, g·H + 16τ .. g·H + 16τ + 16]` contiguously (zero-padded past `H`). A step streams
-//! one tile front to back, keeps the `G` gate accumulators of its 16 units in registers over
+//! one tile front to back for a block of batch rows at a time ([`PanelElem::row_block`]),
+//! keeps the `G` gate accumulators of its 16 units for every row of the block in registers over
 //! all of `k`, and applies bias, input projection, activations and the state update to them
 //! before they ever reach memory. Tiles are independent, so a tile range is also the unit of
-//! work when a step is split across threads.
+//! work when a step is split across threads. BPTT's state gradient runs the same scheme on the
+//! transposed kernel ([`recurrent_grad`]).
 
 use std::sync::OnceLock;
 
