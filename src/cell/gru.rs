@@ -71,6 +71,27 @@ impl<T: Real, I: Dim, H: Dim> Gru<T, I, H> {
     }
 }
 
+impl<T: Real, I: Dim, H: Dim> Gru<T, I, H> {
+    /// [`crate::cell::Cell::step_backward`] of a step whose update blended `carry.h` rather
+    /// than the state its gate products saw (see [`cpu::Carry`]).
+    pub(crate) fn step_backward_blended(
+        &self,
+        step: StepBackward<'_, T>,
+        carry: cpu::Carry<'_, T>,
+        grads: &mut [Vec<T>],
+    ) {
+        let (d_rk, d_rb) = super::weights::recurrent_grads(grads);
+        cpu::dispatch(cpu::Job::GruBwd(
+            &self.kind,
+            &self.weights,
+            step,
+            d_rk,
+            d_rb,
+            Some(carry),
+        ));
+    }
+}
+
 impl GruKind {
     /// Per-row record width (see the module docs).
     pub(crate) fn tape_width_rows(&self, h: usize) -> usize {
@@ -113,6 +134,7 @@ impl CellKind for GruKind {
             step,
             d_recurrent_kernel,
             d_recurrent_bias,
+            None,
         ));
     }
 }

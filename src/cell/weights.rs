@@ -245,6 +245,17 @@ pub trait CellKind: Copy + Debug + Send + Sync + 'static + private::Sealed {
     );
 }
 
+/// The recurrent kernel's and recurrent bias's gradient buffers among a built-in cell's
+/// parameter gradients (the bias's empty when the cell has none).
+pub(crate) fn recurrent_grads<T>(grads: &mut [Vec<T>]) -> (&mut [T], &mut [T]) {
+    let (head, tail) = grads.split_at_mut(BIAS.min(grads.len()));
+    let d_rb: &mut [T] = match tail.get_mut(RECURRENT_BIAS - BIAS) {
+        Some(v) => v,
+        None => &mut [],
+    };
+    (&mut head[RECURRENT_KERNEL], d_rb)
+}
+
 pub(crate) mod private {
     pub trait Sealed {}
 }
@@ -359,12 +370,7 @@ impl<T: Real, K: CellKind, I: Dim, H: Dim> Cell<T> for Recurrent<T, K, I, H> {
                 .step_backward(&self.weights, step, &mut [], &mut []);
             return;
         }
-        let (head, tail) = grads.split_at_mut(BIAS.min(grads.len()));
-        let d_rk = &mut head[RECURRENT_KERNEL];
-        let d_rb: &mut [T] = match tail.get_mut(RECURRENT_BIAS - BIAS) {
-            Some(v) => v,
-            None => &mut [],
-        };
+        let (d_rk, d_rb) = recurrent_grads(grads);
         self.kind.step_backward(&self.weights, step, d_rk, d_rb);
     }
 
@@ -380,11 +386,7 @@ impl<T: Real, K: CellKind, I: Dim, H: Dim> Cell<T> for Recurrent<T, K, I, H> {
         for t in 0..rows / batch {
             h_prev.extend_from_slice(&states[t * snapshot..t * snapshot + batch * h]);
         }
-        let (head, tail) = grads.split_at_mut(BIAS.min(grads.len()));
-        let d_rb: &mut [T] = match tail.get_mut(RECURRENT_BIAS - BIAS) {
-            Some(v) => v,
-            None => &mut [],
-        };
+        let (d_rk, d_rb) = recurrent_grads(grads);
         cpu::project_rows_backward(
             self.weights.hidden,
             &h_prev,
@@ -392,7 +394,7 @@ impl<T: Real, K: CellKind, I: Dim, H: Dim> Cell<T> for Recurrent<T, K, I, H> {
             d_proj,
             p,
             &mut [],
-            &mut head[RECURRENT_KERNEL],
+            d_rk,
             d_rb,
         );
     }

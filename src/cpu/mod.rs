@@ -231,14 +231,25 @@ pub enum Job<'a, T, I: Dim, H: Dim> {
         &'a RecurrentWeights<T, I, H>,
         StepForward<'a, T>,
     ),
-    /// GRU backward step.
+    /// GRU backward step; with a [`Carry`] when the update blended another state.
     GruBwd(
         &'a GruKind,
         &'a RecurrentWeights<T, I, H>,
         StepBackward<'a, T>,
         &'a mut [T],
         &'a mut [T],
+        Option<Carry<'a, T>>,
     ),
+}
+
+/// The state a GRU step's update `z ⊙ h + (1 − z) ⊙ h̃` blended, where it differs from the
+/// state its gate products saw (Keras's recurrent dropout drops the state in the products
+/// only): `h [B, H]`, and `d_h [B, H]`, which the backward step overwrites with the gradient
+/// through the update (`d_state` then holds only the gradient through the products).
+#[derive(Debug)]
+pub struct Carry<'a, T> {
+    pub h: &'a [T],
+    pub d_h: &'a mut [T],
 }
 
 impl<T: Real, I: Dim, H: Dim> Job<'_, T, I, H> {
@@ -275,7 +286,7 @@ impl<T: Real, I: Dim, H: Dim> Job<'_, T, I, H> {
             Job::LstmFwd(k, w, s) => step::lstm_fwd(ops, k, w, s),
             Job::LstmBwd(k, w, s, rk, rb) => step::lstm_bwd(ops, k, w, s, rk, rb),
             Job::GruFwd(k, w, s) => step::gru_fwd(ops, k, w, s),
-            Job::GruBwd(k, w, s, rk, rb) => step::gru_bwd(ops, k, w, s, rk, rb),
+            Job::GruBwd(k, w, s, rk, rb, c) => step::gru_bwd(ops, k, w, s, rk, rb, c),
         }
     }
 }
@@ -472,36 +483,4 @@ pub(crate) fn init_with_bias<T: Real>(out: &mut [T], bias: &[T]) {
     } else {
         out.copy_from_slice(&bias[..out.len()]);
     }
-}
-
-/// `dx[r] += d[r] · w[:, col0..col0 + k]ᵀ` and `dw[:, col0..col0 + k] += x[:rows]ᵀ · d` for
-/// `rows` rows of width `k` (`w` rows `ldw` apart): the backward of one gate block's product,
-/// used by the layers' recurrent-dropout correction.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn gate_block_backward<T: Real>(
-    k: usize,
-    rows: usize,
-    x: &[T],
-    w: &[T],
-    ldw: usize,
-    col0: usize,
-    d: &[T],
-    dx: &mut [T],
-    dw: &mut [T],
-) {
-    step::product_rows_backward(
-        ScalarOps,
-        crate::dim::Dyn(k),
-        rows,
-        x,
-        k,
-        w,
-        ldw,
-        col0,
-        d,
-        k,
-        k,
-        dx,
-        dw,
-    );
 }

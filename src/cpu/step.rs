@@ -8,7 +8,7 @@
 use super::gemm::{self, Mat, Op};
 use super::ops::RowOps;
 use super::part_units;
-use super::{SMALL_ROWS, init_with_bias, sum_rows_into};
+use super::{Carry, SMALL_ROWS, init_with_bias, sum_rows_into};
 use crate::activation::Activation;
 use crate::cell::gru::{CANDIDATE, GruKind, RESET, UPDATE};
 use crate::cell::lstm::LstmKind;
@@ -554,6 +554,7 @@ pub(crate) fn gru_bwd<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
     s: StepBackward<'_, T>,
     d_rk: &mut [T],
     d_rb: &mut [T],
+    mut carry: Option<Carry<'_, T>>,
 ) {
     let h = w.hidden.value();
     let (gh, tw) = (3 * h, kind.tape_width_rows(h));
@@ -573,11 +574,16 @@ pub(crate) fn gru_bwd<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
     for b in 0..s.batch {
         let t = &s.tape[b * tw..(b + 1) * tw];
         let rows = b * h..(b + 1) * h;
-        let (h_prev, dh, ds) = (
-            &s.state[rows.clone()],
-            &s.d_next[rows.clone()],
-            &mut s.d_state[rows],
-        );
+        let dh = &s.d_next[rows.clone()];
+        // The update's previous state, and where its gradient goes: with a carry, d_state
+        // collects only the products' share (added below).
+        let (h_prev, ds): (&[T], &mut [T]) = match &mut carry {
+            Some(c) => {
+                s.d_state[rows.clone()].fill(T::ZERO);
+                (&c.h[rows.clone()], &mut c.d_h[rows])
+            }
+            None => (&s.state[rows.clone()], &mut s.d_state[rows]),
+        };
         let row = &mut da[b * gh..(b + 1) * gh];
         let (da_zr, da_n) = row.split_at_mut(CANDIDATE * h);
         let da_z = &mut da_zr[UPDATE * h..(UPDATE + 1) * h];

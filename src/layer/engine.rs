@@ -13,10 +13,13 @@
 //!
 //! Recurrent dropout multiplies state 0 (`h`) by the direction's `[B, H]` mask as the state
 //! enters the step: the cell sees the dropped state in its recurrent products. Built-in GRU
-//! cells additionally need the undropped state in their update `z ⊙ h`; [`DropoutFix`] adds
-//! the difference after the step and its gradient in backward.
+//! cells additionally need the undropped state in their update `z ⊙ h`: forward adds the
+//! difference `z ⊙ (h − h ⊙ m)` after the step, and backward hands the undropped state to the
+//! GRU's backward step as its [`Carry`], so that the update's gradients come out of the same
+//! fused pass ([`DropoutFix`]).
 
-use crate::cell::{Cell, Part, StepBackward, StepForward};
+use crate::cell::{Cell, DynGru, Part, StepBackward, StepForward};
+use crate::cpu::Carry;
 use crate::error::{Error, Result};
 use crate::real::Real;
 use crate::seq::Layout;
@@ -121,20 +124,13 @@ impl<T> SeqRef<'_, T> {
     }
 }
 
-/// The correction a built-in GRU needs under recurrent dropout (see the module docs).
+/// What a built-in GRU needs under recurrent dropout (see the module docs).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct DropoutFix<'a, T> {
-    /// Offset of `z` in a row of the cell's record, and the record's width.
+    /// The direction's cell, as a GRU.
+    pub gru: &'a DynGru<T>,
+    /// Offset of `z` in a row of the cell's record.
     pub z_offset: usize,
-    /// The update gate's activation.
-    pub z_activation: crate::activation::Activation,
-    /// `recurrent_kernel [H, G·H]` and the column of the `z` block.
-    pub recurrent_kernel: &'a [T],
-    pub z_col: usize,
-    pub gh: usize,
-    /// Index of the recurrent kernel and bias in the cell's parameter gradients.
-    pub rk_index: usize,
-    pub rb_index: Option<usize>,
 }
 
 /// What one direction runs on.
@@ -403,6 +399,7 @@ impl<T: Real, C: Cell<T> + ?Sized> Dir<'_, T, C> {
         let mut prev_rows = vec![T::ZERO; (total + 1) * sc * h];
         let mut d_next = vec![T::ZERO; sc * b * h];
         let mut d_state = vec![T::ZERO; sc * b * h];
+        let mut d_carry = vec![T::ZERO; if self.fix.is_some() { b * h } else { 0 }];
         let mut a_after = 0; // rows of d_state (the step after the current one)
         let d_final_sorted = |j: usize, k: usize| &d_final[(j * b + plan.order[k]) * h..][..h];
         for s in (0..plan.t).rev() {
@@ -443,86 +440,46 @@ impl<T: Real, C: Cell<T> + ?Sized> Dir<'_, T, C> {
                 }
             }
             let next = &states[sc * h * plan.offsets[s]..][..sc * a * h];
-            let step_tape = &cell_tape[rows.start * tw..rows.end * tw];
-            // The GRU update under recurrent dropout blends the undropped state: its share of
-            // the gradient, taken before the cell's step overwrites nothing it needs.
-            let mut fix_terms: Option<(Vec<T>, Vec<T>)> = None;
-            if let (Some(fix), Some(m)) = (&self.fix, self.rec_mask) {
-                // next += z ⊙ h ⊙ (1 − m): ∂h_prev += d ⊙ z ⊙ (1 − m), ∂a_z += d ⊙ h ⊙ (1 − m) ⊙ σ'.
-                let mut dh_direct = vec![T::ZERO; a * h];
-                let mut da_z = vec![T::ZERO; a * h];
-                for k in 0..a {
-                    let mr = &m[plan.order[k] * h..][..h];
-                    let z = &step_tape[k * tw + fix.z_offset..][..h];
-                    for u in 0..h {
-                        let hp = prev[k * h + u];
-                        let d = d_next[k * h + u];
-                        let keep = T::ONE - mr[u];
-                        dh_direct[k * h + u] = d * z[u] * keep;
-                        da_z[k * h + u] =
-                            d * hp * keep * fix.z_activation.derivative_from_output(z[u]);
-                    }
+            let step = StepBackward {
+                batch: a,
+                x: &xs[rows.start * i..rows.end * i],
+                state,
+                next,
+                tape: &cell_tape[rows.start * tw..rows.end * tw],
+                d_next: &d_next[..sc * a * h],
+                d_state: &mut d_state[..sc * a * h],
+                d_proj: &mut d_proj[rows.start * p..rows.end * p],
+                dx: &mut dxs[rows.start * i..rows.end * i],
+                scratch: &mut scratch[..a * sw],
+            };
+            match &self.fix {
+                // The GRU's update blended the undropped state (state 0 is the whole state
+                // of a GRU, so the previous step's rows are a prefix).
+                Some(fix) => {
+                    let carry = Carry {
+                        h: &prev[..a * h],
+                        d_h: &mut d_carry[..a * h],
+                    };
+                    fix.gru.step_backward_blended(step, carry, grads);
                 }
-                fix_terms = Some((dh_direct, da_z));
+                None => self.cell.step_backward(step, grads),
             }
-            self.cell.step_backward(
-                StepBackward {
-                    batch: a,
-                    x: &xs[rows.start * i..rows.end * i],
-                    state,
-                    next,
-                    tape: step_tape,
-                    d_next: &d_next[..sc * a * h],
-                    d_state: &mut d_state[..sc * a * h],
-                    d_proj: &mut d_proj[rows.start * p..rows.end * p],
-                    dx: &mut dxs[rows.start * i..rows.end * i],
-                    scratch: &mut scratch[..a * sw],
-                },
-                grads,
-            );
-            if let (Some(fix), Some((dh_direct, da_z))) = (&self.fix, fix_terms) {
-                // ∂a_z enters the z block's input projection (through d_proj) and its
-                // recurrent product with the dropped state.
-                for k in 0..a {
-                    let dpr = &mut d_proj[(rows.start + k) * p + fix.z_col..][..h];
-                    for u in 0..h {
-                        dpr[u] += da_z[k * h + u];
-                    }
-                    if let Some(rb) = fix.rb_index {
-                        let gb = &mut grads[rb][fix.z_col..][..h];
-                        for u in 0..h {
-                            gb[u] += da_z[k * h + u];
-                        }
-                    }
-                }
-                // Its recurrent product, as matrix products over the step's rows:
-                // ∂h_m += ∂a_z · U_zᵀ, ∂U_z += h_mᵀ · ∂a_z.
-                crate::cpu::gate_block_backward(
-                    h,
-                    a,
-                    state,
-                    fix.recurrent_kernel,
-                    fix.gh,
-                    fix.z_col,
-                    &da_z,
-                    &mut d_state[..a * h],
-                    &mut grads[fix.rk_index],
-                );
-                // The dropped state's gradient is multiplied by the mask below; the direct
-                // path is added after that.
-                if let Some(m) = self.rec_mask {
-                    for k in 0..a {
-                        let mr = &m[plan.order[k] * h..][..h];
-                        for u in 0..h {
-                            d_state[k * h + u] = d_state[k * h + u] * mr[u] + dh_direct[k * h + u];
-                        }
-                    }
-                }
-            } else if let Some(m) = self.rec_mask {
+            // The products saw the dropped state h ⊙ m; the update (with a fix) the state itself.
+            if let Some(m) = self.rec_mask {
                 for k in 0..a {
                     let mr = &m[plan.order[k] * h..][..h];
-                    for (g, &q) in d_state[k * h..(k + 1) * h].iter_mut().zip(mr) {
-                        *g *= q;
+                    let ds = &mut d_state[k * h..(k + 1) * h];
+                    match self.fix {
+                        Some(_) => {
+                            for ((g, &q), &dc) in ds.iter_mut().zip(mr).zip(&d_carry[k * h..]) {
+                                *g = *g * q + dc;
+                            }
+                        }
+                        None => {
+                            for (g, &q) in ds.iter_mut().zip(mr) {
+                                *g *= q;
+                            }
+                        }
                     }
                 }
             }

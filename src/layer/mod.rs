@@ -100,7 +100,6 @@ pub mod stateful;
 pub use stack::{RnnGrads, lengths_from_mask};
 pub use stateful::{StatefulRnn, Tbptt, TbpttUpdate};
 
-use crate::activation::Activation;
 use crate::cell::{
     Cell, DynGru, DynLstm, DynSimpleRnn, GruKind, LstmKind, Param, RecurrentWeights, SimpleRnnKind,
     StepBackward, StepForward,
@@ -637,13 +636,5 @@ impl<T: Real> Rnn<T> {
     /// Changes the outputs at padded steps.
     pub fn set_mask_semantics(&mut self, m: MaskSemantics) {
         self.config.mask_semantics = m;
-    }
-}
-
-/// The activation of a GRU's update gate, when `c` is a GRU (for the dropout correction).
-pub(crate) fn gru_update_activation(c: CellConfig) -> Option<Activation> {
-    match c {
-        CellConfig::Gru(k) => Some(k.recurrent_activation),
-        _ => None,
     }
 }

@@ -4,7 +4,7 @@
 use super::dropout::{self, Stream};
 use super::engine::{Dir, DropoutFix, Plan, SeqRef, row_offset, tape_parts};
 use super::{AnyCell, CellConfig, MaskSemantics, Merge, Rnn, RnnConfig, RunSpec};
-use crate::cell::{BIAS, Cell, RECURRENT_BIAS, RECURRENT_KERNEL};
+use crate::cell::Cell;
 use crate::error::{Error, Result, check_len, check_nonzero, checked_size};
 use crate::real::Real;
 use crate::seq::{GradMode, Layout};
@@ -382,23 +382,12 @@ impl<T: Real> Rnn<T> {
         let (layer, dir) = (n / c.directions(), n % c.directions());
         let cell = &self.cells[n];
         let fix = match (cell, &masks.1) {
-            (AnyCell::Gru(g), Some(_)) => {
-                let w = g.weights();
-                let h = w.hidden_size();
-                Some(DropoutFix {
-                    z_offset: crate::cell::gru::UPDATE * h,
-                    z_activation: super::gru_update_activation(c.cell)
-                        .expect("a GRU cell has a GRU config"),
-                    recurrent_kernel: w.recurrent_kernel(),
-                    z_col: crate::cell::gru::UPDATE * h,
-                    gh: 3 * h,
-                    rk_index: RECURRENT_KERNEL,
-                    rb_index: w.has_bias().then_some(RECURRENT_BIAS),
-                })
-            }
+            (AnyCell::Gru(gru), Some(_)) => Some(DropoutFix {
+                gru,
+                z_offset: crate::cell::gru::UPDATE * gru.hidden_size(),
+            }),
             _ => None,
         };
-        let _ = BIAS;
         Dir {
             cell,
             plan,
