@@ -18,6 +18,8 @@
 //! drives gates to 0 and 1 and, without flushing, their derivatives and products towards
 //! subnormal numbers) shows whether a sign flip slows a kernel down.
 //!
+//! `--no-ceiling` skips the sgemm measurement (so that a profile shows only the kernels).
+//!
 //! FLOPs per step are `2·B·(I+H)·G·H` (G = 1, 3, 4 for rnn, gru, lstm); training (forward with
 //! recording, then BPTT with every gradient) counts 3× the forward. Without `--json` a table
 //! is printed instead.
@@ -62,6 +64,8 @@ struct Args {
     /// `(dropout, recurrent_dropout)`: train through `fused_rnn::layer` with Keras dropout
     /// (either flag switches to the layer path, also at rate 0, so that the two compare).
     layer_dropout: Option<(f64, f64)>,
+    /// Whether to measure the sgemm ceiling first (`--no-ceiling` skips it, for profilers).
+    ceiling: bool,
 }
 
 fn parse() -> Result<Args, String> {
@@ -77,6 +81,7 @@ fn parse() -> Result<Args, String> {
         input_scale: 1.0,
         cuda: false,
         layer_dropout: None,
+        ceiling: true,
     };
     let (mut t, mut b, mut i, mut h) = (None, None, None, None);
     let mut cell_given = false;
@@ -160,6 +165,7 @@ fn parse() -> Result<Args, String> {
                 a.layer_dropout = Some(if flag == "--dropout" { (p, r) } else { (d, p) });
             }
             "--json" => a.json = true,
+            "--no-ceiling" => a.ceiling = false,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument `{other}`")),
         }
@@ -357,7 +363,9 @@ fn sgemm_ceiling(a: &Args) {
 }
 
 fn run(a: &Args) {
-    sgemm_ceiling(a);
+    if a.ceiling {
+        sgemm_ceiling(a);
+    }
     // Shape by shape, every cell in turn, so that drift in the machine's speed spreads evenly.
     for shape in &a.shapes {
         let (_, _, _, i, h) = *shape;
@@ -396,7 +404,7 @@ fn main() -> ExitCode {
             }
             eprintln!(
                 "usage: bench --cell lstm|gru|rnn --batch B --seq T --input I --hidden H --mode infer|train|both \
-                 [--threads N] [--backend auto|scalar|avx2|avx512|cuda] [--dtype f32|bf16] [--json] [--min-time-ms MS] [--input-scale F] [--dropout P] [--recurrent-dropout P]\n       \
+                 [--threads N] [--backend auto|scalar|avx2|avx512|cuda] [--dtype f32|bf16] [--json] [--min-time-ms MS] [--input-scale F] [--dropout P] [--recurrent-dropout P] [--no-ceiling]\n       \
                  bench --preset standard [--cell C] [--mode M] [--json]"
             );
             return if why.is_empty() {

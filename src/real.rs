@@ -72,6 +72,7 @@ pub trait Real:
 
 mod private {
     use crate::cell::RecurrentWeights;
+    use crate::cpu::packed::PackedProjection;
     use crate::cpu::{self, Backend, Job};
     use crate::dim::Dim;
 
@@ -79,6 +80,11 @@ mod private {
     pub trait Sealed: Sized {
         fn run_job<I: Dim, H: Dim>(job: Job<'_, Self, I, H>, backend: Backend);
         fn prepare_weights<I: Dim, H: Dim>(w: &RecurrentWeights<Self, I, H>);
+        /// The input kernel packed for this type's projection kernel, where it has one that
+        /// serves `w`'s shape.
+        fn packed_projection<I: Dim, H: Dim>(
+            w: &RecurrentWeights<Self, I, H>,
+        ) -> Option<&PackedProjection>;
     }
     impl Sealed for f32 {
         #[inline]
@@ -87,6 +93,12 @@ mod private {
         }
         fn prepare_weights<I: Dim, H: Dim>(w: &RecurrentWeights<Self, I, H>) {
             w.packed();
+            Self::packed_projection(w);
+        }
+        fn packed_projection<I: Dim, H: Dim>(
+            w: &RecurrentWeights<Self, I, H>,
+        ) -> Option<&PackedProjection> {
+            w.packed_projection()
         }
     }
     impl Sealed for f64 {
@@ -95,6 +107,11 @@ mod private {
             cpu::run_f64(job, backend)
         }
         fn prepare_weights<I: Dim, H: Dim>(_: &RecurrentWeights<Self, I, H>) {}
+        fn packed_projection<I: Dim, H: Dim>(
+            _: &RecurrentWeights<Self, I, H>,
+        ) -> Option<&PackedProjection> {
+            None
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 
 use super::{Cell, Param, Part, StepBackward, StepForward};
 use crate::cpu;
-use crate::cpu::packed::{PackedRecurrent, TILE_UNITS};
+use crate::cpu::packed::{PackedProjection, PackedRecurrent, TILE_UNITS};
 use crate::dim::Dim;
 use crate::error::{Error, Result, check_len, check_nonzero, checked_size, try_filled};
 use crate::real::Real;
@@ -37,6 +37,9 @@ pub struct RecurrentWeights<T, I: Dim, H: Dim> {
     /// The recurrent weights in the register-fused kernels' tile layout (`f32` only), built on
     /// first use and dropped whenever the weights are handed out mutably.
     pub(crate) packed: OnceLock<PackedRecurrent>,
+    /// The input kernel and bias in the projection kernel's panel layout (`f32` only), cached
+    /// like `packed`.
+    pub(crate) packed_input: OnceLock<PackedProjection>,
     /// Packed inference steps stream the recurrent weights as bfloat16.
     pub(crate) bf16_inference: bool,
 }
@@ -91,6 +94,7 @@ impl<T: Real, I: Dim, H: Dim> RecurrentWeights<T, I, H> {
             bias,
             recurrent_bias,
             packed: OnceLock::new(),
+            packed_input: OnceLock::new(),
             bf16_inference: false,
         })
     }
@@ -169,6 +173,22 @@ impl<T: Real, I: Dim, H: Dim> RecurrentWeights<T, I, H> {
                 self.hidden.value(),
                 self.gates,
             )
+        })
+    }
+
+    /// The input kernel and bias packed for the `f32` projection kernel, when that kernel
+    /// serves this shape (see [`PackedProjection::pays_off`]); built on first use like
+    /// [`Self::packed`].
+    pub(crate) fn packed_projection(&self) -> Option<&PackedProjection>
+    where
+        T: Real,
+    {
+        let n = self.gates * self.hidden.value();
+        PackedProjection::pays_off(n).then(|| {
+            self.packed_input.get_or_init(|| {
+                let f = |v: &[T]| v.iter().map(|x| x.to_f64() as f32).collect::<Vec<f32>>();
+                PackedProjection::new(&f(&self.kernel), &f(&self.bias), self.input.value(), n)
+            })
         })
     }
 
@@ -356,6 +376,7 @@ impl<T: Real, K: CellKind, I: Dim, H: Dim> Cell<T> for Recurrent<T, K, I, H> {
             w.bias().unwrap_or(&[]),
             proj,
             K::GATES * self.hidden_size(),
+            T::packed_projection(w),
         );
     }
 
@@ -452,6 +473,7 @@ impl<T: Real, K: CellKind, I: Dim, H: Dim> Cell<T> for Recurrent<T, K, I, H> {
         let w = &mut self.weights;
         // The caller may change the weights: the packed copy would go stale.
         w.packed = OnceLock::new();
+        w.packed_input = OnceLock::new();
         let mut p: Vec<&mut [T]> = vec![&mut w.kernel, &mut w.recurrent_kernel];
         if !w.bias.is_empty() {
             p.push(&mut w.bias);

@@ -196,6 +196,8 @@ pub enum Job<'a, T, I: Dim, H: Dim> {
         bias: &'a [T],
         proj: &'a mut [T],
         p: usize,
+        /// The same kernel and bias packed for the `f32` projection kernel, when it serves.
+        packed: Option<&'a packed::PackedProjection>,
     },
     /// SimpleRNN forward step.
     RnnFwd(
@@ -264,6 +266,7 @@ impl<T: Real, I: Dim, H: Dim> Job<'_, T, I, H> {
                 bias,
                 proj,
                 p,
+                packed: _,
             } => {
                 let i = input.value();
                 step::product_rows(
@@ -337,9 +340,9 @@ const PACKED_MAX_ROWS: usize = 32;
 /// See [`PACKED_MAX_ROWS`].
 const PACKED_MIN_UNITS: usize = 256;
 
-/// Runs `job` on the packed, register-fused kernels when they apply (a forward step, GRU
-/// reset-after only, not both many rows and few units: see [`PACKED_MAX_ROWS`]); otherwise
-/// hands it back.
+/// Runs `job` on the packed, register-fused kernels when they apply (an input projection with
+/// packed weights; a forward step, GRU reset-after only, not both many rows and few units: see
+/// [`PACKED_MAX_ROWS`]); otherwise hands it back.
 #[inline(always)]
 fn run_packed<'a, S: simd::SimdF32, I: Dim, H: Dim>(
     s: S,
@@ -350,6 +353,18 @@ fn run_packed<'a, S: simd::SimdF32, I: Dim, H: Dim>(
         batch < PACKED_MAX_ROWS || w.hidden.value() >= PACKED_MIN_UNITS
     };
     let (kind, w, st) = match job {
+        Job::Project {
+            x,
+            proj,
+            packed: Some(pp),
+            ..
+        } => {
+            s.vectorize(
+                #[inline(always)]
+                || packed::project(s, pp, x, proj),
+            );
+            return None;
+        }
         Job::LstmFwd(k, w, st) if packs(st.batch, w) => (Fused::Lstm(k), w, st),
         Job::GruFwd(k, w, st) if k.reset_after && packs(st.batch, w) => (Fused::Gru(k), w, st),
         Job::RnnFwd(k, w, st) if packs(st.batch, w) => (Fused::Rnn(k), w, st),
@@ -422,7 +437,9 @@ mod isa {
     }
 }
 
-/// `proj [N, P] = x [N, I] · kernel [I, P] + bias` (`bias` empty: none), `N = x.len() / I`.
+/// `proj [N, P] = x [N, I] · kernel [I, P] + bias` (`bias` empty: none), `N = x.len() / I`;
+/// `packed`: the same kernel and bias for the `f32` projection kernel, which then runs instead
+/// of the matrix product on the SIMD backends.
 pub(crate) fn project_rows<T: Real, I: Dim>(
     input: I,
     x: &[T],
@@ -430,6 +447,7 @@ pub(crate) fn project_rows<T: Real, I: Dim>(
     bias: &[T],
     proj: &mut [T],
     p: usize,
+    packed: Option<&packed::PackedProjection>,
 ) {
     dispatch::<T, I, I>(Job::Project {
         input,
@@ -438,6 +456,7 @@ pub(crate) fn project_rows<T: Real, I: Dim>(
         bias,
         proj,
         p,
+        packed,
     });
 }
 
