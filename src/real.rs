@@ -80,8 +80,7 @@ mod private {
     pub trait Sealed: Sized {
         fn run_job<I: Dim, H: Dim>(job: Job<'_, Self, I, H>, backend: Backend);
         fn prepare_weights<I: Dim, H: Dim>(w: &RecurrentWeights<Self, I, H>);
-        /// The input kernel packed for this type's projection kernel, where it has one that
-        /// serves `w`'s shape.
+        /// The input kernel packed for this type's projection kernel, where it has one.
         fn packed_projection<I: Dim, H: Dim>(
             w: &RecurrentWeights<Self, I, H>,
         ) -> Option<&PackedProjection>;
@@ -98,7 +97,7 @@ mod private {
         fn packed_projection<I: Dim, H: Dim>(
             w: &RecurrentWeights<Self, I, H>,
         ) -> Option<&PackedProjection> {
-            w.packed_projection()
+            Some(w.packed_projection())
         }
     }
     impl Sealed for f64 {

@@ -176,19 +176,16 @@ impl<T: Real, I: Dim, H: Dim> RecurrentWeights<T, I, H> {
         })
     }
 
-    /// The input kernel and bias packed for the `f32` projection kernel, when that kernel
-    /// serves this shape (see [`PackedProjection::pays_off`]); built on first use like
-    /// [`Self::packed`].
-    pub(crate) fn packed_projection(&self) -> Option<&PackedProjection>
+    /// The input kernel and bias packed for the `f32` projection kernel; built on first use
+    /// like [`Self::packed`].
+    pub(crate) fn packed_projection(&self) -> &PackedProjection
     where
         T: Real,
     {
-        let n = self.gates * self.hidden.value();
-        PackedProjection::pays_off(n).then(|| {
-            self.packed_input.get_or_init(|| {
-                let f = |v: &[T]| v.iter().map(|x| x.to_f64() as f32).collect::<Vec<f32>>();
-                PackedProjection::new(&f(&self.kernel), &f(&self.bias), self.input.value(), n)
-            })
+        self.packed_input.get_or_init(|| {
+            let f = |v: &[T]| v.iter().map(|x| x.to_f64() as f32).collect::<Vec<f32>>();
+            let n = self.gates * self.hidden.value();
+            PackedProjection::new(&f(&self.kernel), &f(&self.bias), self.input.value(), n)
         })
     }
 

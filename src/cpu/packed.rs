@@ -720,89 +720,106 @@ fn grad_rows<S: SimdF32, const R: usize>(
     R
 }
 
-/// Column groups of 16 a projection panel holds: four, the LSTM tile's shape, so that a pass
-/// keeps `4 · R` accumulators (at least four independent chains for any row block, hence the
-/// same summation order for a row whatever block or thread computes it).
-const PROJECTION_GROUPS: usize = 4;
-/// Columns per projection panel.
-const PROJECTION_WIDTH: usize = PROJECTION_GROUPS * TILE_UNITS;
 /// Input values (`f32`) of the rows one projection chunk keeps in cache while every panel
 /// streams past them once (256 KiB, half of the smallest L2 the chunking aims at).
 const PROJECTION_CHUNK_FLOATS: usize = 64 * 1024;
 
-/// An input projection's `kernel [K, N]` and `bias [N]` in panels of [`PROJECTION_WIDTH`]
-/// columns: panel `c` holds, for every reduction row `k`, the weights `W[k, 64c .. 64c + 64]`
-/// contiguously (`[panels][K][64]`, zero-padded past `N`), so that [`project`] streams a panel
-/// front to back for a block of rows with the block's outputs in registers.
+/// An input projection's `kernel [K, N]` and `bias [N]` in panels of `16·G` columns (`G`, the
+/// column groups, up to 4: as many as `N` fills): panel `c` holds, for every reduction row
+/// `k`, the weights `W[k, 16Gc .. 16G(c + 1)]` contiguously (`[panels][K][16·G]`,
+/// zero-padded past `N`), so that [`project`] streams a panel front to back for a block of rows
+/// with the block's outputs in registers.
 #[derive(Debug, Clone)]
 pub struct PackedProjection {
     k: usize,
     n: usize,
+    groups: usize,
     weights: Vec<f32>,
-    /// `[panels][64]`, zeros without a bias.
+    /// `[panels][16·G]`, zeros without a bias.
     bias: Vec<f32>,
 }
 
 impl PackedProjection {
     /// Packs `kernel [k, n]` and `bias [n]` (empty: none).
     pub(crate) fn new(kernel: &[f32], bias: &[f32], k: usize, n: usize) -> Self {
-        let panels = n.div_ceil(PROJECTION_WIDTH);
-        let mut weights = vec![0.0; panels * k * PROJECTION_WIDTH];
-        let mut packed_bias = vec![0.0; panels * PROJECTION_WIDTH];
+        let groups = n.div_ceil(TILE_UNITS).min(4);
+        let width = groups * TILE_UNITS;
+        let panels = n.div_ceil(width);
+        let mut weights = vec![0.0; panels * k * width];
+        let mut packed_bias = vec![0.0; panels * width];
         for c in 0..panels {
-            let cols = c * PROJECTION_WIDTH..((c + 1) * PROJECTION_WIDTH).min(n);
+            let cols = c * width..((c + 1) * width).min(n);
             for kk in 0..k {
-                weights[(c * k + kk) * PROJECTION_WIDTH..][..cols.len()]
+                weights[(c * k + kk) * width..][..cols.len()]
                     .copy_from_slice(&kernel[kk * n + cols.start..kk * n + cols.end]);
             }
             if !bias.is_empty() {
-                packed_bias[c * PROJECTION_WIDTH..][..cols.len()].copy_from_slice(&bias[cols]);
+                packed_bias[c * width..][..cols.len()].copy_from_slice(&bias[cols]);
             }
         }
         Self {
             k,
             n,
+            groups,
             weights,
             bias: packed_bias,
         }
-    }
-
-    /// Whether the panels' zero padding wastes at most an eighth of the work on `n` columns
-    /// (otherwise the matrix-product path serves the projection better).
-    pub(crate) fn pays_off(n: usize) -> bool {
-        8 * (n.next_multiple_of(PROJECTION_WIDTH) - n) <= n
     }
 }
 
 /// `out [N_rows, n] = x [N_rows, k] · kernel + bias` over the packed kernel `p`.
 ///
 /// Rows go in chunks whose inputs stay in cache; within a chunk every panel streams once, for
-/// a block of rows per pass. A row's result does not depend on the chunk or block
-/// it falls in, so splitting the rows across threads changes no bit.
+/// a block of rows per pass. Every output is `bias + Σ_k x·w` added in order of `k`, whatever
+/// block, chunk or thread computes its row, so splitting the rows across threads changes no
+/// bit.
 #[inline(always)]
 pub(crate) fn project<S: SimdF32>(s: S, p: &PackedProjection, x: &[f32], out: &mut [f32]) {
-    let (k, n) = (p.k, p.n);
+    match p.groups {
+        4 => project_groups::<S, 4>(s, p, x, out),
+        3 => project_groups::<S, 3>(s, p, x, out),
+        2 => project_groups::<S, 2>(s, p, x, out),
+        _ => project_groups::<S, 1>(s, p, x, out),
+    }
+}
+
+/// [`project`] for panels of `G` column groups.
+#[inline(always)]
+fn project_groups<S: SimdF32, const G: usize>(
+    s: S,
+    p: &PackedProjection,
+    x: &[f32],
+    out: &mut [f32],
+) {
+    let (k, n, width) = (p.k, p.n, G * TILE_UNITS);
     let rows = x.len() / k;
     assert!(x.len() == rows * k && out.len() >= rows * n);
-    // Four rows on AVX-512 (16 accumulators, 4 weight registers and the broadcasts: the six
-    // rows of the LSTM step spill here, next to the chunk's pointers); one on AVX2.
-    let block = if S::LANES == 16 { 4 } else { 1 };
+    // Rows per pass: 16 accumulators or so, with the weight registers and the broadcasts
+    // (six rows of four groups, as in the LSTM step, spill here next to the chunk's pointers).
+    let block = match (S::LANES, G) {
+        (16, 3 | 4) => 4,
+        (16, _) => 8,
+        (_, 1) => 4,
+        (_, 2) => 2,
+        _ => 1,
+    };
     let chunk = (PROJECTION_CHUNK_FLOATS / k).max(block);
-    let panel_len = k * PROJECTION_WIDTH;
+    let panel_len = k * width;
     for r0 in (0..rows).step_by(chunk) {
         let end = (r0 + chunk).min(rows);
-        for c in 0..n.div_ceil(PROJECTION_WIDTH) {
+        for c in 0..n.div_ceil(width) {
             let panel = Panel {
                 weights: &p.weights[c * panel_len..(c + 1) * panel_len],
-                bias: &p.bias[c * PROJECTION_WIDTH..(c + 1) * PROJECTION_WIDTH],
-                col0: c * PROJECTION_WIDTH,
+                bias: &p.bias[c * width..(c + 1) * width],
+                col0: c * width,
             };
             let mut r = r0;
             while r < end {
                 r += match (end - r).min(block) {
-                    4 => project_rows::<S, 4>(s, &panel, x, k, out, n, r),
-                    2 | 3 => project_rows::<S, 2>(s, &panel, x, k, out, n, r),
-                    _ => project_rows::<S, 1>(s, &panel, x, k, out, n, r),
+                    8 => project_rows::<S, G, 8>(s, &panel, x, k, out, n, r),
+                    4..=7 => project_rows::<S, G, 4>(s, &panel, x, k, out, n, r),
+                    2 | 3 => project_rows::<S, G, 2>(s, &panel, x, k, out, n, r),
+                    _ => project_rows::<S, G, 1>(s, &panel, x, k, out, n, r),
                 };
             }
         }
@@ -819,7 +836,7 @@ struct Panel<'a> {
 /// One pass of [`project`] over a panel for the `R` rows from `r0`; returns `R`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn project_rows<S: SimdF32, const R: usize>(
+fn project_rows<S: SimdF32, const G: usize, const R: usize>(
     s: S,
     panel: &Panel<'_>,
     x: &[f32],
@@ -828,7 +845,6 @@ fn project_rows<S: SimdF32, const R: usize>(
     n: usize,
     r0: usize,
 ) -> usize {
-    const G: usize = PROJECTION_GROUPS;
     let regs = TILE_UNITS / S::LANES;
     let mut row = [[s.splat(0.0); 16]; G];
     for (g, ag) in row.iter_mut().enumerate() {
@@ -837,12 +853,12 @@ fn project_rows<S: SimdF32, const R: usize>(
         }
     }
     let mut acc = [row; R];
-    f32::accumulate::<S, G, R>(
-        s,
-        panel.weights,
-        std::array::from_fn(|r| &x[(r0 + r) * k..(r0 + r + 1) * k]),
-        &mut acc,
-    );
+    let xs: [&[f32]; R] = std::array::from_fn(|r| &x[(r0 + r) * k..(r0 + r + 1) * k]);
+    assert!(panel.weights.len() >= k * G * TILE_UNITS);
+    // One chain per accumulator, in order of k (no independent sets: see `project`).
+    for kk in 0..k {
+        fma_row(s, panel.weights, kk, &xs, &mut acc);
+    }
     for (r, acc) in acc.iter().enumerate() {
         let out_row = &mut out[(r0 + r) * n..(r0 + r + 1) * n];
         for (g, acc) in acc.iter().enumerate() {
