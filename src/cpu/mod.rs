@@ -196,7 +196,7 @@ pub enum Job<'a, T, I: Dim, H: Dim> {
         bias: &'a [T],
         proj: &'a mut [T],
         p: usize,
-        /// The same kernel and bias packed for the `f32` projection kernel, when it serves.
+        /// The same kernel and bias packed for the `f32` projection kernel (`None` for `f64`).
         packed: Option<&'a packed::PackedProjection>,
     },
     /// SimpleRNN forward step.

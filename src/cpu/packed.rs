@@ -10,6 +10,9 @@
 //! before they ever reach memory. Tiles are independent, so a tile range is also the unit of
 //! work when a step is split across threads. BPTT's state gradient runs the same scheme on the
 //! transposed kernel ([`recurrent_grad`]).
+//!
+//! The input projection of a whole sequence runs the same register scheme over the input
+//! kernel, packed once into column panels ([`PackedProjection`], [`project`]).
 
 use std::sync::OnceLock;
 
