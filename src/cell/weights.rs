@@ -166,10 +166,9 @@ impl<T: Real, I: Dim, H: Dim> RecurrentWeights<T, I, H> {
         T: Real,
     {
         self.packed.get_or_init(|| {
-            let f = |v: &[T]| v.iter().map(|x| x.to_f64() as f32).collect::<Vec<f32>>();
             PackedRecurrent::new(
-                &f(&self.recurrent_kernel),
-                &f(&self.recurrent_bias),
+                &as_f32(&self.recurrent_kernel),
+                &as_f32(&self.recurrent_bias),
                 self.hidden.value(),
                 self.gates,
             )
@@ -183,9 +182,13 @@ impl<T: Real, I: Dim, H: Dim> RecurrentWeights<T, I, H> {
         T: Real,
     {
         self.packed_input.get_or_init(|| {
-            let f = |v: &[T]| v.iter().map(|x| x.to_f64() as f32).collect::<Vec<f32>>();
             let n = self.gates * self.hidden.value();
-            PackedProjection::new(&f(&self.kernel), &f(&self.bias), self.input.value(), n)
+            PackedProjection::new(
+                &as_f32(&self.kernel),
+                &as_f32(&self.bias),
+                self.input.value(),
+                n,
+            )
         })
     }
 
@@ -260,6 +263,11 @@ pub trait CellKind: Copy + Debug + Send + Sync + 'static + private::Sealed {
         d_recurrent_kernel: &mut [T],
         d_recurrent_bias: &mut [T],
     );
+}
+
+/// `v` as `f32`, for the packed `f32` kernels' copies of the weights.
+fn as_f32<T: Real>(v: &[T]) -> Vec<f32> {
+    v.iter().map(|x| x.to_f64() as f32).collect()
 }
 
 /// The recurrent kernel's and recurrent bias's gradient buffers among a built-in cell's
