@@ -19,7 +19,7 @@ use super::simd::SimdF32;
 
 /// Inputs below this give `e^x < 2⁻¹²⁶·1.006`; they return 0 rather than a subnormal.
 const EXP_FLUSH: f32 = -87.33;
-/// `ln(f32::MAX)`, rounded up: above it `e^x` overflows.
+/// `ln(f32::MAX)`, rounded up to `f32`: from it up `e^x` overflows.
 const EXP_OVERFLOW: f32 = 88.722_84;
 
 /// `e^x`.
@@ -46,11 +46,12 @@ pub(crate) fn exp<S: SimdF32>(s: S, x: S::V) -> S::V {
     ] {
         p = s.fma(p, r, s.splat(c));
     }
-    // p·2ⁿ by adding n to p's exponent field: exact, and it overflows to +∞ exactly when the
-    // true result does (n ≤ 128 after the clamp).
+    // p·2ⁿ by adding n to p's exponent field: exact below the clamp. At the clamp itself
+    // (n = 128, p just above 1) the sum lands on the NaN encodings, so every x from
+    // EXP_OVERFLOW up takes +∞ explicitly.
     let y = s.scale_pow2(p, n);
     let y = s.select_lt(x, s.splat(EXP_FLUSH), s.splat(0.0), y);
-    let y = s.select_lt(s.splat(EXP_OVERFLOW), x, s.splat(f32::INFINITY), y);
+    let y = s.select_lt(x, s.splat(EXP_OVERFLOW), y, s.splat(f32::INFINITY));
     s.keep_nan(x, y)
 }
 
@@ -139,9 +140,16 @@ mod tests {
         (key(a) - key(b)).unsigned_abs().min(u32::MAX as u64) as u32
     }
 
-    /// A sweep of the whole f32 range: every 97th bit pattern of both signs, and specials.
+    /// A sweep of the whole f32 range: every 97th bit pattern of both signs, every value
+    /// within 64 ULP of a threshold of the functions (and of half of one, where tanh's
+    /// `e^{2|x|}` crosses it), and specials.
     fn sweep() -> Vec<f32> {
         let mut v: Vec<f32> = (0..u32::MAX / 97).map(|k| f32::from_bits(k * 97)).collect();
+        for t in [EXP_OVERFLOW, EXP_FLUSH, EXP_FLUSH - 1.0, 0.4] {
+            for c in [t, -t, t / 2.0, -t / 2.0] {
+                v.extend((0..129).map(|d| f32::from_bits(c.to_bits() + d - 64)));
+            }
+        }
         v.extend([
             0.0, -0.0, 1.0, -1.0, 0.4, -0.4, 88.72, 88.73, -87.33, -87.34, 1e-30, -1e-30,
         ]);
@@ -271,6 +279,43 @@ mod tests {
             #[cfg(target_arch = "x86_64")]
             relu,
         );
+    }
+
+    /// No finite input gives NaN, checked on every `f32` with `2⁵ ≤ |x| < 2⁷`: the binades
+    /// where `exp` and `sigmoid` overflow or flush and where tanh's `e^{2|x|}` overflows.
+    #[test]
+    fn no_nan_from_finite_inputs_near_the_thresholds() {
+        fn check<S: SimdF32>(s: S, isa: &str) {
+            let (lo, hi) = (32.0f32.to_bits(), 128.0f32.to_bits());
+            let mut xs = Vec::with_capacity(1 << 16);
+            for start in (lo..hi).step_by(1 << 15) {
+                xs.clear();
+                for bits in start..(start + (1 << 15)).min(hi) {
+                    let x = f32::from_bits(bits);
+                    xs.extend([x, -x]);
+                }
+                for (name, f) in [
+                    ("exp", exp::<S> as fn(S, S::V) -> S::V),
+                    ("sigmoid", sigmoid::<S>),
+                    ("tanh", tanh::<S>),
+                ] {
+                    let ys = map(s, &xs, f);
+                    if let Some(i) = ys.iter().position(|y| y.is_nan()) {
+                        panic!("{name} {isa}: NaN at {:e}", xs[i]);
+                    }
+                }
+            }
+        }
+        check(Scalar, "scalar");
+        #[cfg(target_arch = "x86_64")]
+        {
+            if let Some(t) = Avx2::try_new() {
+                check(t, "avx2");
+            }
+            if let Some(t) = Avx512::try_new() {
+                check(t, "avx512");
+            }
+        }
     }
 
     #[test]
