@@ -84,6 +84,13 @@ mod private {
         fn packed_projection<I: Dim, H: Dim>(
             w: &RecurrentWeights<Self, I, H>,
         ) -> Option<&PackedProjection>;
+        /// The input projection in bfloat16 where this type and the CPU have a kernel for it
+        /// (see [`cpu::project_rows_bf16`]); `false` when nothing was written.
+        fn project_bf16<I: Dim, H: Dim>(
+            w: &RecurrentWeights<Self, I, H>,
+            x: &[Self],
+            proj: &mut [Self],
+        ) -> bool;
     }
     impl Sealed for f32 {
         #[inline]
@@ -99,6 +106,13 @@ mod private {
         ) -> Option<&PackedProjection> {
             Some(w.packed_projection())
         }
+        fn project_bf16<I: Dim, H: Dim>(
+            w: &RecurrentWeights<Self, I, H>,
+            x: &[Self],
+            proj: &mut [Self],
+        ) -> bool {
+            cpu::project_rows_bf16(w.packed_projection(), x, proj)
+        }
     }
     impl Sealed for f64 {
         #[inline]
@@ -110,6 +124,13 @@ mod private {
             _: &RecurrentWeights<Self, I, H>,
         ) -> Option<&PackedProjection> {
             None
+        }
+        fn project_bf16<I: Dim, H: Dim>(
+            _: &RecurrentWeights<Self, I, H>,
+            _: &[Self],
+            _: &mut [Self],
+        ) -> bool {
+            false
         }
     }
 }

@@ -171,6 +171,12 @@ pub trait Cell<T: Real>: Sync {
     fn project_inputs(&self, x: &[T], proj: &mut [T]) {
         let _ = (x, proj);
     }
+    /// [`Cell::project_inputs`] for a run that records nothing (inference), where a cell may
+    /// trade precision for speed as its inference steps do (built-in `f32` cells with bfloat16
+    /// inference on). Defaults to [`Cell::project_inputs`].
+    fn project_inputs_inference(&self, x: &[T], proj: &mut [T]) {
+        self.project_inputs(x, proj)
+    }
     /// One forward step over a batch.
     fn step_forward(&self, step: StepForward<'_, T>);
     /// One backward step over a batch; parameter gradients accumulate into `grads`.

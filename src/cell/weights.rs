@@ -385,6 +385,12 @@ impl<T: Real, K: CellKind, I: Dim, H: Dim> Cell<T> for Recurrent<T, K, I, H> {
         );
     }
 
+    fn project_inputs_inference(&self, x: &[T], proj: &mut [T]) {
+        if !(self.weights.bf16_inference && T::project_bf16(&self.weights, x, proj)) {
+            self.project_inputs(x, proj);
+        }
+    }
+
     fn step_forward(&self, step: StepForward<'_, T>) {
         self.kind.step_forward(&self.weights, step);
     }

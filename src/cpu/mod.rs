@@ -460,6 +460,17 @@ pub(crate) fn project_rows<T: Real, I: Dim>(
     });
 }
 
+/// [`project_rows`] with the packed kernel in bfloat16 (see [`packed::project_bf16`]) on the
+/// AVX-512 backend of a CPU with AVX-512 BF16; `false`, writing nothing, elsewhere (the
+/// `f32` kernel is then the faster one: rounding alone saves no arithmetic).
+pub(crate) fn project_rows_bf16(
+    packed: &packed::PackedProjection,
+    x: &[f32],
+    proj: &mut [f32],
+) -> bool {
+    active_backend() == Backend::Avx512 && packed::project_bf16(packed, x, proj)
+}
+
 /// Backward of [`project_rows`]: `dx += d_proj · kernelᵀ`, `d_kernel += xᵀ · d_proj`,
 /// `d_bias += Σ_rows d_proj` (skipped when `d_bias` is empty).
 #[allow(clippy::too_many_arguments)]

@@ -738,6 +738,9 @@ pub struct PackedProjection {
     n: usize,
     groups: usize,
     weights: Vec<f32>,
+    /// The weights as bfloat16 pairs of consecutive reduction rows, `[panels][⌈K/2⌉][16·G]`
+    /// (see [`PackedProjection::weights_bf16`]), built on first use by a bf16 projection.
+    weights_bf16: OnceLock<Vec<u32>>,
     /// `[panels][16·G]`, zeros without a bias.
     bias: Vec<f32>,
 }
@@ -765,7 +768,208 @@ impl PackedProjection {
             n,
             groups,
             weights,
+            weights_bf16: OnceLock::new(),
             bias: packed_bias,
+        }
+    }
+
+    /// Lane `j` of pair row `m` of panel `c` holds `W[2m, 16Gc + j]` in its low half and
+    /// `W[2m + 1, 16Gc + j]` in its high half (0 past `K`), each rounded to nearest even: the
+    /// operand layout of `vdpbf16ps`, which multiplies the halves pairwise.
+    fn weights_bf16(&self) -> &[u32] {
+        self.weights_bf16.get_or_init(|| {
+            let (k, width) = (self.k, self.groups * TILE_UNITS);
+            let (pairs, panels) = (k.div_ceil(2), self.n.div_ceil(width));
+            let mut out = vec![0u32; panels * pairs * width];
+            for c in 0..panels {
+                let w = |kk: usize, j: usize| {
+                    if kk < k {
+                        self.weights[(c * k + kk) * width + j]
+                    } else {
+                        0.0
+                    }
+                };
+                for m in 0..pairs {
+                    for j in 0..width {
+                        out[(c * pairs + m) * width + j] = bf16_pair(w(2 * m, j), w(2 * m + 1, j));
+                    }
+                }
+            }
+            out
+        })
+    }
+}
+
+/// Two values rounded to bfloat16 in one 32-bit lane, `first` in the low half.
+fn bf16_pair(first: f32, second: f32) -> u32 {
+    to_bf16(first) as u32 | (to_bf16(second) as u32) << 16
+}
+
+/// [`project`] in bfloat16: `out = bf16(x) · bf16(kernel) + bias`, every input and weight
+/// rounded to nearest even and the products summed in `f32` by AVX-512 BF16's `vdpbf16ps`
+/// (two reduction rows per instruction, twice the multiply-adds of an `f32` FMA), in order of
+/// the reduction within each output, so splitting rows across threads changes no bit.
+/// Returns `false`, writing nothing, where the CPU lacks AVX-512 BF16.
+pub(crate) fn project_bf16(p: &PackedProjection, x: &[f32], out: &mut [f32]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if dot_bf16::available() {
+        let rows = x.len() / p.k;
+        assert!(x.len() == rows * p.k && out.len() >= rows * p.n);
+        let w = p.weights_bf16();
+        // SAFETY: `available` found AVX-512F and AVX-512 BF16 on this CPU.
+        unsafe { dot_bf16::project(p, w, x, out) };
+        return true;
+    }
+    let _ = (p, x, out);
+    false
+}
+
+/// The AVX-512 BF16 projection kernel.
+#[cfg(target_arch = "x86_64")]
+mod dot_bf16 {
+    use std::arch::x86_64::*;
+    use std::sync::OnceLock;
+
+    use super::{PROJECTION_CHUNK_FLOATS, PackedProjection, TILE_UNITS};
+
+    /// Whether this CPU has AVX-512F and AVX-512 BF16 (detected once).
+    pub(super) fn available() -> bool {
+        static HAS: OnceLock<bool> = OnceLock::new();
+        *HAS.get_or_init(|| {
+            is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16")
+        })
+    }
+
+    /// See [`super::project_bf16`]; `w` is `p.weights_bf16()`, `x [rows, K]`, `out [rows, N]`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F and AVX-512 BF16.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn project(p: &PackedProjection, w: &[u32], x: &[f32], out: &mut [f32]) {
+        match p.groups {
+            4 => groups::<4>(p, w, x, out),
+            3 => groups::<3>(p, w, x, out),
+            2 => groups::<2>(p, w, x, out),
+            _ => groups::<1>(p, w, x, out),
+        }
+    }
+
+    /// [`project`] for panels of `G` column groups: rows in chunks as in the `f32` kernel,
+    /// each chunk's inputs rounded to pairs once, then every panel streamed past them.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    fn groups<const G: usize>(p: &PackedProjection, w: &[u32], x: &[f32], out: &mut [f32]) {
+        let (k, n, width) = (p.k, p.n, G * TILE_UNITS);
+        let pairs = k.div_ceil(2);
+        let rows = x.len() / k;
+        // Four rows of four groups: 16 accumulators, G weight registers, one broadcast.
+        let block = if G > 2 { 4 } else { 8 };
+        let chunk = (PROJECTION_CHUNK_FLOATS / k).max(block);
+        let mut xp = vec![0u32; chunk.min(rows) * pairs];
+        for r0 in (0..rows).step_by(chunk) {
+            let end = (r0 + chunk).min(rows);
+            for (r, dst) in (r0..end).zip(xp.chunks_exact_mut(pairs)) {
+                round_row(&x[r * k..(r + 1) * k], dst);
+            }
+            for c in 0..n.div_ceil(width) {
+                let panel = Panel {
+                    weights: &w[c * pairs * width..(c + 1) * pairs * width],
+                    bias: &p.bias[c * width..(c + 1) * width],
+                    col0: c * width,
+                    n,
+                };
+                let mut r = r0;
+                while r < end {
+                    let xr = &xp[(r - r0) * pairs..];
+                    let o = &mut out[r * n..];
+                    r += match (end - r).min(block) {
+                        8 => panel.rows::<G, 8>(xr, pairs, o),
+                        4..=7 => panel.rows::<G, 4>(xr, pairs, o),
+                        2 | 3 => panel.rows::<G, 2>(xr, pairs, o),
+                        _ => panel.rows::<G, 1>(xr, pairs, o),
+                    };
+                }
+            }
+        }
+    }
+
+    /// `dst[m] = (bf16(x[2m]), bf16(x[2m + 1]))`, 0 past the row.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    fn round_row(x: &[f32], dst: &mut [u32]) {
+        assert!(dst.len() >= x.len().div_ceil(2));
+        for (m0, xs) in (0..).step_by(16).zip(x.chunks(32)) {
+            let lo_n = xs.len().min(16);
+            let hi_n = xs.len() - lo_n;
+            let mask = |c: usize| ((1u32 << c) - 1) as u16;
+            // SAFETY: the masks cover exactly the `xs.len()` readable floats of `xs` and the
+            // `⌈xs.len()/2⌉` writable lanes of `dst` from `m0`; masked-off lanes are not accessed.
+            unsafe {
+                let lo = _mm512_maskz_loadu_ps(mask(lo_n), xs.as_ptr());
+                let hi = _mm512_maskz_loadu_ps(mask(hi_n), xs.as_ptr().wrapping_add(16));
+                let pairs: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+                let out = dst.as_mut_ptr().add(m0).cast::<i32>();
+                _mm512_mask_storeu_epi32(out, mask(xs.len().div_ceil(2)), pairs);
+            }
+        }
+    }
+
+    /// One bf16 projection panel: its weight pairs `[⌈K/2⌉][16·G]`, its bias, its first
+    /// column, and the output width.
+    struct Panel<'a> {
+        weights: &'a [u32],
+        bias: &'a [f32],
+        col0: usize,
+        n: usize,
+    }
+
+    impl Panel<'_> {
+        /// `out[r] = bias + Σ_m x[r][m] · w[m]` over the panel's columns for `R` rows, `x`
+        /// holding rows of `pairs` input pairs and `out` rows of `n` outputs; returns `R`.
+        #[target_feature(enable = "avx512f,avx512bf16")]
+        fn rows<const G: usize, const R: usize>(
+            &self,
+            x: &[u32],
+            pairs: usize,
+            out: &mut [f32],
+        ) -> usize {
+            let xs: [&[u32]; R] = std::array::from_fn(|r| &x[r * pairs..(r + 1) * pairs]);
+            assert!(self.weights.len() >= pairs * G * TILE_UNITS && self.bias.len() >= G * 16);
+            // SAFETY: AVX-512 BF16 is enabled on this function; every load reads 16 lanes of
+            // `bias` or of one `G·16`-lane weight row, both asserted long enough above.
+            unsafe {
+                let mut acc = [[_mm512_setzero_ps(); G]; R];
+                for g in 0..G {
+                    let b = _mm512_loadu_ps(self.bias.as_ptr().add(g * TILE_UNITS));
+                    for a in acc.iter_mut() {
+                        a[g] = b;
+                    }
+                }
+                for m in 0..pairs {
+                    let row = self.weights.as_ptr().add(m * G * TILE_UNITS);
+                    let ws: [__m512bh; G] = std::array::from_fn(|g| {
+                        std::mem::transmute(_mm512_loadu_si512(row.add(g * TILE_UNITS).cast()))
+                    });
+                    for (a, xr) in acc.iter_mut().zip(&xs) {
+                        let xv: __m512bh = std::mem::transmute(_mm512_set1_epi32(xr[m] as i32));
+                        for (ag, &wg) in a.iter_mut().zip(&ws) {
+                            *ag = _mm512_dpbf16_ps(*ag, xv, wg);
+                        }
+                    }
+                }
+                for (r, a) in acc.iter().enumerate() {
+                    let row = &mut out[r * self.n..(r + 1) * self.n];
+                    for (g, &v) in a.iter().enumerate() {
+                        let u0 = self.col0 + g * TILE_UNITS;
+                        let lanes = self.n.saturating_sub(u0).min(TILE_UNITS);
+                        // SAFETY: the mask covers the `lanes` columns from `u0` inside `row`.
+                        _mm512_mask_storeu_ps(
+                            row.as_mut_ptr().wrapping_add(u0),
+                            ((1u32 << lanes) - 1) as u16,
+                            v,
+                        );
+                    }
+                }
+            }
+            R
         }
     }
 }
@@ -920,6 +1124,47 @@ mod tests {
                             "{backend:?} k={k} n={n} rows={rows} ({r}, {j}): {got} vs {want}"
                         );
                     }
+                }
+            }
+        }
+    }
+
+    /// The bf16 projection against a plain sum of the rounded operands, where the CPU has
+    /// AVX-512 BF16: odd and even reductions (a zero-padded last pair), partial panels, and
+    /// row counts that leave every block size as a rest.
+    #[test]
+    fn bf16_projection_sums_the_rounded_operands() {
+        let widen = |v: f32| f32::from_bits((to_bf16(v) as u32) << 16) as f64;
+        for (k, n, rows) in [
+            (1, 20, 1),
+            (3, 60, 5),
+            (70, 130, 9),
+            (33, 64, 13),
+            (64, 192, 4),
+        ] {
+            let value = |i: usize, salt: usize| (((i * 37 + salt) % 97) as f32 - 48.0) / 50.0;
+            let x: Vec<f32> = (0..rows * k).map(|i| value(i, 1) * 1.001).collect();
+            let w: Vec<f32> = (0..k * n).map(|i| value(i, 2) * 0.999).collect();
+            let bias: Vec<f32> = (0..n).map(|i| value(i, 3)).collect();
+            let packed = PackedProjection::new(&w, &bias, k, n);
+            let mut out = vec![f32::NAN; rows * n];
+            if !super::project_bf16(&packed, &x, &mut out) {
+                assert!(
+                    out.iter().all(|v| v.is_nan()),
+                    "nothing written without BF16"
+                );
+                return;
+            }
+            for r in 0..rows {
+                for j in 0..n {
+                    let terms = (0..k).map(|q| widen(x[r * k + q]) * widen(w[q * n + j]));
+                    let want = bias[j] as f64 + terms.clone().sum::<f64>();
+                    let scale = bias[j].abs() as f64 + terms.map(f64::abs).sum::<f64>();
+                    let got = out[r * n + j] as f64;
+                    assert!(
+                        (got - want).abs() <= 1e-6 * (1.0 + scale),
+                        "k={k} n={n} rows={rows} ({r}, {j}): {got} vs {want}"
+                    );
                 }
             }
         }

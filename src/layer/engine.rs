@@ -240,7 +240,11 @@ impl<T: Real, C: Cell<T> + ?Sized> Dir<'_, T, C> {
         let i = input.w;
         let mut proj = vec![T::ZERO; plan.total() * p];
         if p > 0 && plan.total() > 0 {
-            self.cell.project_inputs(&xs, &mut proj);
+            if tape.is_some() {
+                self.cell.project_inputs(&xs, &mut proj);
+            } else {
+                self.cell.project_inputs_inference(&xs, &mut proj);
+            }
         }
         let mut scratch = vec![T::ZERO; b * sw];
         let mut work = Vec::with_capacity(sc * b * h);

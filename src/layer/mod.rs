@@ -497,6 +497,9 @@ impl<T: Real> Cell<T> for AnyCell<T> {
     fn project_inputs(&self, x: &[T], proj: &mut [T]) {
         self.as_cell().project_inputs(x, proj)
     }
+    fn project_inputs_inference(&self, x: &[T], proj: &mut [T]) {
+        self.as_cell().project_inputs_inference(x, proj)
+    }
     fn step_forward(&self, step: StepForward<'_, T>) {
         self.as_cell().step_forward(step)
     }

@@ -15,14 +15,23 @@ use crate::cell::{Cell, Part, StepForward};
 use crate::real::Real;
 
 /// The input projection of all `T·B` rows, split by rows across up to `threads` threads
-/// (each share one matrix product) when there is enough work to pay for a thread.
+/// (each share one matrix product) when there is enough work to pay for a thread; through
+/// [`Cell::project_inputs_inference`] unless `training`.
 pub(super) fn project<T: Real, C: Cell<T> + ?Sized>(
     cell: &C,
     threads: usize,
     d: &Dims,
     xs: &[T],
     proj: &mut [T],
+    training: bool,
 ) {
+    let project = |x: &[T], out: &mut [T]| {
+        if training {
+            cell.project_inputs(x, out)
+        } else {
+            cell.project_inputs_inference(x, out)
+        }
+    };
     /// Multiply-adds below which starting a thread costs more than it saves.
     const MIN_WORK_PER_THREAD: usize = 1 << 20;
     let rows = d.t * d.b;
@@ -31,14 +40,15 @@ pub(super) fn project<T: Real, C: Cell<T> + ?Sized>(
         .min(rows)
         .max(1);
     if p == 1 {
-        cell.project_inputs(xs, proj);
+        project(xs, proj);
         return;
     }
     let backend = crate::cpu::active_backend();
     let per = rows.div_ceil(p);
     std::thread::scope(|scope| {
         for (x, out) in xs.chunks(per * d.i).zip(proj.chunks_mut(per * d.p)) {
-            scope.spawn(move || crate::cpu::with_backend(backend, || cell.project_inputs(x, out)));
+            let project = &project;
+            scope.spawn(move || crate::cpu::with_backend(backend, || project(x, out)));
         }
     });
 }

@@ -85,7 +85,7 @@ fn run_forward<T: Real, C: Cell<T> + ?Sized>(
     let xs = processing_order(spec, d, x);
     let mut proj = try_filled("projection", d.t * d.b * d.p, T::ZERO)?;
     if d.p > 0 {
-        parallel::project(cell, spec.threads, d, &xs, &mut proj);
+        parallel::project(cell, spec.threads, d, &xs, &mut proj, training);
     }
     let mut scratch = try_filled("scratch", d.b * d.sw, T::ZERO)?;
     let sl = d.state_len;

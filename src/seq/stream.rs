@@ -52,7 +52,7 @@ impl<'c, T: Real, C: Cell<T> + ?Sized> Stream<'c, T, C> {
     pub fn step(&mut self, x: &[T]) -> Result<&[T]> {
         check_len("x", x.len(), self.batch * self.cell.input_size())?;
         if !self.proj.is_empty() {
-            self.cell.project_inputs(x, &mut self.proj);
+            self.cell.project_inputs_inference(x, &mut self.proj);
         }
         self.cell.step_forward(StepForward {
             batch: self.batch,
