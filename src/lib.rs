@@ -37,8 +37,10 @@
 //! batch rows per pass (optionally in bfloat16, [`cell::Recurrent::set_bf16_inference`]), which
 //! [`seq::SeqSpec::threads`] can split across threads; BPTT's state gradient runs on the
 //! transposed weights packed the same way. `f64` runs the portable code compiled
-//! for the selected instruction set. The large products over all `T·B` rows go through
-//! `matrixmultiply`, which dispatches on the CPU itself.
+//! for the selected instruction set. The `f32` input projection over all `T·B` rows runs on
+//! the input kernel packed once the same way (on AVX-512 BF16 in bfloat16 inference); the other
+//! large products over all `T·B` rows, and those in `f64`, go through `matrixmultiply`, which
+//! dispatches on the CPU itself.
 //!
 //! ## GPU backend
 //!

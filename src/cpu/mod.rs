@@ -1,8 +1,10 @@
 //! CPU kernels: the input projection over all rows, the recurrent products, the fused gate
 //! epilogues, and the dispatch between backends.
 //!
-//! The big products (input projection, and in backward the input and kernel gradients) go
-//! through [`gemm`] over all `T·B` rows at once. A recurrent step is two phases: the product of
+//! The big products over all `T·B` rows at once (input projection, and in backward the input
+//! and kernel gradients) go through [`gemm`], except the `f32` projection on the SIMD
+//! backends, which runs on the input kernel packed once ([`packed::project`], or
+//! [`packed::project_bf16`] in bfloat16 inference). A recurrent step is two phases: the product of
 //! the previous state with the recurrent kernel for every batch row (a row-by-row
 //! matrix-vector kernel for small batches, one matrix product otherwise), then the fused
 //! epilogue per row — bias, precomputed input projection, gate activations and state update in

@@ -35,6 +35,7 @@
 //! ```
 
 mod parallel;
+mod pool;
 mod run;
 mod stream;
 

@@ -1,7 +1,6 @@
 //! Forward over time, recording, and backpropagation through time.
 
-use std::borrow::Cow;
-
+use super::pool::Scratch;
 use super::{Dims, GradMode, Gradients, Output, SeqSpec, parallel};
 use crate::cell::{Cell, Part, StepBackward, StepForward};
 use crate::error::{Result, check_len, try_filled};
@@ -53,11 +52,26 @@ pub fn forward_train<T: Real, C: Cell<T> + ?Sized>(
 }
 
 /// `x` in processing order, time-major: borrowed when it already is.
-fn processing_order<'a, T: Real>(spec: &SeqSpec, d: &Dims, x: &'a [T]) -> Cow<'a, [T]> {
-    if spec.layout == super::Layout::TimeMajor && !spec.go_backwards {
-        return Cow::Borrowed(x);
+enum InOrder<'a, T: Copy + 'static> {
+    Given(&'a [T]),
+    Copied(Scratch<T>),
+}
+
+impl<T: Copy + 'static> std::ops::Deref for InOrder<'_, T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        match self {
+            InOrder::Given(x) => x,
+            InOrder::Copied(x) => x,
+        }
     }
-    let mut xs = Vec::with_capacity(d.x_len);
+}
+
+fn processing_order<'a, T: Real>(spec: &SeqSpec, d: &Dims, x: &'a [T]) -> Result<InOrder<'a, T>> {
+    if spec.layout == super::Layout::TimeMajor && !spec.go_backwards {
+        return Ok(InOrder::Given(x));
+    }
+    let mut xs = Scratch::with_capacity("x", d.x_len)?;
     for t in 0..d.t {
         let src = spec.source_step(t);
         for b in 0..d.b {
@@ -65,7 +79,7 @@ fn processing_order<'a, T: Real>(spec: &SeqSpec, d: &Dims, x: &'a [T]) -> Cow<'a
             xs.extend_from_slice(&x[o..o + d.i]);
         }
     }
-    Cow::Owned(xs)
+    Ok(InOrder::Copied(xs))
 }
 
 /// The forward loop. `states` holds two snapshots used in turn (inference) or all `T + 1`
@@ -82,8 +96,8 @@ fn run_forward<T: Real, C: Cell<T> + ?Sized>(
     training: bool,
 ) -> Result<Output<T>> {
     cell.prepare();
-    let xs = processing_order(spec, d, x);
-    let mut proj = try_filled("projection", d.t * d.b * d.p, T::ZERO)?;
+    let xs = processing_order(spec, d, x)?;
+    let mut proj = Scratch::filled("projection", d.t * d.b * d.p, T::ZERO)?;
     if d.p > 0 {
         parallel::project(cell, spec.threads, d, &xs, &mut proj, training);
     }
@@ -225,9 +239,9 @@ pub fn bptt_into<T: Real, C: Cell<T> + ?Sized>(
 
     let sl = d.state_len;
     let (states, cell_tape) = tape[..need].split_at((d.t + 1) * sl);
-    let xs = processing_order(spec, &d, x);
-    let mut dxs = try_filled("dx", d.x_len, T::ZERO)?;
-    let mut d_proj = try_filled("projection", d.t * d.b * d.p, T::ZERO)?;
+    let xs = processing_order(spec, &d, x)?;
+    let mut dxs = Scratch::filled("dx", d.x_len, T::ZERO)?;
+    let mut d_proj = Scratch::filled("projection", d.t * d.b * d.p, T::ZERO)?;
     let mut scratch = try_filled("scratch", d.b * d.sw, T::ZERO)?;
     let mut d_next = match d_final_state {
         Some(g) => g.to_vec(),

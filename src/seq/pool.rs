@@ -1,0 +1,131 @@
+//! Per-thread reuse of a run's large temporary buffers.
+//!
+//! A run's time-major copy of the inputs, its input projection and BPTT's gradient buffers
+//! can be megabytes. Allocated afresh on every call, blocks that large come from the system as
+//! new pages (the allocator hands them back on free), and faulting those in measured 7 % of a
+//! B=16, H=512 SimpleRNN inference. Instead, a thread keeps a few such buffers between its
+//! runs: a run takes the best-fitting one, and returns it when done.
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::ops::{Deref, DerefMut};
+
+use crate::error::{Error, Result};
+
+/// Buffers a thread keeps between runs: enough for one run's temporaries.
+const KEPT: usize = 4;
+/// Larger buffers are freed rather than kept, so that one huge run does not pin its memory.
+const MAX_KEPT_BYTES: usize = 64 << 20;
+
+thread_local! {
+    /// Idle buffers, each a `Vec<T>` of some element type.
+    static IDLE: RefCell<Vec<Box<dyn Any>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A temporary buffer of the calling thread, returned to it on drop.
+pub(super) struct Scratch<T: Copy + 'static> {
+    buf: Vec<T>,
+}
+
+impl<T: Copy + 'static> Scratch<T> {
+    /// An empty buffer with room for `len` elements: the smallest idle one that fits, else the
+    /// largest grown; [`Error::Allocation`] naming `arg` when the memory cannot be had.
+    pub(super) fn with_capacity(arg: &'static str, len: usize) -> Result<Self> {
+        let mut buf = take::<T>(len);
+        buf.clear();
+        buf.try_reserve_exact(len)
+            .map_err(|_| Error::Allocation { arg, elements: len })?;
+        Ok(Self { buf })
+    }
+
+    /// `len` copies of `value`.
+    pub(super) fn filled(arg: &'static str, len: usize, value: T) -> Result<Self> {
+        let mut s = Self::with_capacity(arg, len)?;
+        s.buf.resize(len, value);
+        Ok(s)
+    }
+
+    /// Appends `values` (within the capacity asked for, so without reallocating).
+    pub(super) fn extend_from_slice(&mut self, values: &[T]) {
+        self.buf.extend_from_slice(values);
+    }
+}
+
+/// The idle `Vec<T>` that best fits `len` (or an empty one).
+fn take<T: 'static>(len: usize) -> Vec<T> {
+    IDLE.with(|idle| {
+        let mut idle = idle.borrow_mut();
+        let capacity = |b: &Box<dyn Any>| b.downcast_ref::<Vec<T>>().map(Vec::capacity);
+        let fits = (0..idle.len())
+            .filter(|&i| capacity(&idle[i]).is_some_and(|c| c >= len))
+            .min_by_key(|&i| capacity(&idle[i]));
+        let pick = fits.or_else(|| {
+            (0..idle.len())
+                .filter(|&i| capacity(&idle[i]).is_some())
+                .max_by_key(|&i| capacity(&idle[i]))
+        });
+        match pick {
+            Some(i) => *idle
+                .swap_remove(i)
+                .downcast::<Vec<T>>()
+                .expect("type checked"),
+            None => Vec::new(),
+        }
+    })
+}
+
+impl<T: Copy + 'static> Drop for Scratch<T> {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.buf);
+        let bytes = buf.capacity() * std::mem::size_of::<T>();
+        if bytes == 0 || bytes > MAX_KEPT_BYTES {
+            return;
+        }
+        // `try_with`: during thread teardown the pool may already be gone; the buffer is
+        // then simply freed.
+        let _ = IDLE.try_with(|idle| {
+            let mut idle = idle.borrow_mut();
+            idle.push(Box::new(buf));
+            if idle.len() > KEPT {
+                idle.remove(0);
+            }
+        });
+    }
+}
+
+impl<T: Copy + 'static> Deref for Scratch<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        &self.buf
+    }
+}
+
+impl<T: Copy + 'static> DerefMut for Scratch<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        &mut self.buf
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Scratch;
+
+    #[test]
+    fn a_returned_buffer_is_reused_and_refilled() {
+        let first = Scratch::filled("a", 1000, 1.0f32).unwrap();
+        let ptr = first.as_ptr();
+        drop(first);
+        // Another element type does not take it.
+        let other = Scratch::filled("b", 10, 0.0f64).unwrap();
+        assert_ne!(other.as_ptr().cast::<f32>(), ptr);
+        let again = Scratch::filled("c", 800, 2.0f32).unwrap();
+        assert_eq!(again.as_ptr(), ptr);
+        assert_eq!(again.len(), 800);
+        assert!(again.iter().all(|&v| v == 2.0));
+    }
+
+    #[test]
+    fn absurd_sizes_are_an_error() {
+        assert!(Scratch::<f64>::filled("huge", usize::MAX / 4, 0.0).is_err());
+    }
+}
