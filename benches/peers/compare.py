@@ -136,11 +136,11 @@ class OursSide:
         shutil.copy2(self.bin, snap)
         self.bin = snap
 
-    def measure(self, cell, mode, shape, onnx):
+    def measure(self, cell, mode, shape, onnx, dtype="f32"):
         t, b, i, h = SHAPES[shape]
         cmd = [self.bin, "--cell", cell, "--batch", str(b), "--seq", str(t), "--input", str(i),
                "--hidden", str(h), "--mode", mode, "--json", "--threads", str(self.args.threads),
-               "--min-time-ms", str(self.args.min_time_ms)]
+               "--min-time-ms", str(self.args.min_time_ms), "--dtype", dtype]
         if self.args.backend != "auto":
             cmd += ["--backend", self.args.backend]
         p = subprocess.run(cmd, capture_output=True, text=True, env=child_env(self.args.threads),
@@ -411,6 +411,15 @@ def run(args):
                                 rec["error"] = f"{type(e).__name__}: {e}"[:400]
                             rec["wall_s"] = round(time.time() - t0, 3)
                             res["records"].append(rec)
+                            if name == "ours" and mode == "infer" and shape in args.bf16_shapes:
+                                # Our bfloat16-weight inference, right after the f32 one.
+                                bf = {"shape": shape, "cell": cell, "mode": mode, "side": "ours-bf16",
+                                      "round": rnd}
+                                try:
+                                    bf.update(sides[name].measure(cell, mode, shape, onnx, "bf16"))
+                                except Exception as e:  # noqa: BLE001 - recorded, not fatal
+                                    bf["error"] = f"{type(e).__name__}: {e}"[:400]
+                                res["records"].append(bf)
                             if "median_s" in rec:
                                 log(f"{shape} {cell:4} {mode:5} r{rnd} {name:12} {rec['median_s'] * 1e3:10.3f} ms"
                                     f"  ({rec['wall_s']:.1f} s)")
@@ -748,6 +757,23 @@ def report(res, json_path, args):
         w(f"![speed-up vs fastest peer per shape]({os.path.relpath(plot_path, os.path.dirname(doc))})")
         w("")
 
+    bf16 = [(key, s) for key, s in sorted(rows.items()) if s.get("ours-bf16", {}).get("best")
+            and s.get("ours", {}).get("best")]
+    if bf16:
+        w("## bfloat16 weights")
+        w("")
+        w("Our inference with `set_bf16_inference(true)` (`--dtype bf16`: recurrent weights in "
+          "bfloat16, and the input projection on AVX-512 BF16 where the CPU has it) against our "
+          "`f32` inference, measured right after it in every round; target ≥ 1.8× on S3.")
+        w("")
+        w("| shape (T,B,I,H) | cell | f32 | bf16 | speed-up |")
+        w("|---|---|---|---|---|")
+        for (shape, cell, _), s in bf16:
+            t, b, i, h = SHAPES[shape]
+            f, g = s["ours"]["best"], s["ours-bf16"]["best"]
+            w(f"| {shape} ({t},{b},{i},{h}) | {cell} | {fmt_ms(f)} | {fmt_ms(g)} | **{fmt_ratio(f / g)}** |")
+        w("")
+
     w("## Summary")
     w("")
     w("Computed from the table above (this run only).")
@@ -818,6 +844,8 @@ def main():
                     help="no further rounds for a (side, mode) whose measurement took longer than this")
     ap.add_argument("--timeout-s", type=float, default=900.0, help="per measurement")
     ap.add_argument("--backend", default="auto", help="our --backend: auto|scalar|avx2|avx512")
+    ap.add_argument("--bf16-shapes", default="S3", type=lambda s: [x.strip().upper() for x in s.split(",") if x],
+                    help="shapes on which our bf16-weight inference is measured too (empty: none)")
     ap.add_argument("--python", default=sys.executable, help="interpreter for the Python peers")
     ap.add_argument("--bench-bin", default=os.path.join(ROOT, "target", "release", "examples", "bench"))
     ap.add_argument("--rust-peers-dir", default=os.path.join(HERE, "rust", "target", "release"))
