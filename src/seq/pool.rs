@@ -45,6 +45,21 @@ impl<T: Copy + 'static> Scratch<T> {
         Ok(s)
     }
 
+    /// `len` elements left from an earlier run where the buffer had them, `value` beyond: for
+    /// a buffer that is written in full before it is read, so that a run does not pay for
+    /// clearing it (megabytes for the projection of a long sequence).
+    pub(super) fn overwritten(arg: &'static str, len: usize, value: T) -> Result<Self> {
+        let mut buf = take::<T>(len);
+        if buf.len() >= len {
+            buf.truncate(len);
+        } else {
+            buf.try_reserve_exact(len - buf.len())
+                .map_err(|_| Error::Allocation { arg, elements: len })?;
+            buf.resize(len, value);
+        }
+        Ok(Self { buf })
+    }
+
     /// Appends `values` (within the capacity asked for, so without reallocating).
     pub(super) fn extend_from_slice(&mut self, values: &[T]) {
         self.buf.extend_from_slice(values);
@@ -122,6 +137,18 @@ mod tests {
         assert_eq!(again.as_ptr(), ptr);
         assert_eq!(again.len(), 800);
         assert!(again.iter().all(|&v| v == 2.0));
+    }
+
+    #[test]
+    fn an_overwritten_buffer_keeps_its_old_values() {
+        let mut first = Scratch::filled("a", 100, 0.0f32).unwrap();
+        first[..10].fill(3.0);
+        drop(first);
+        let again = Scratch::overwritten("b", 120, 1.0f32).unwrap();
+        assert_eq!(again.len(), 120);
+        assert!(again[..10].iter().all(|&v| v == 3.0));
+        assert!(again[10..100].iter().all(|&v| v == 0.0));
+        assert!(again[100..].iter().all(|&v| v == 1.0));
     }
 
     #[test]

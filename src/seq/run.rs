@@ -97,7 +97,8 @@ fn run_forward<T: Real, C: Cell<T> + ?Sized>(
 ) -> Result<Output<T>> {
     cell.prepare();
     let xs = processing_order(spec, d, x)?;
-    let mut proj = Scratch::filled("projection", d.t * d.b * d.p, T::ZERO)?;
+    // Cell::project_inputs overwrites every element.
+    let mut proj = Scratch::overwritten("projection", d.t * d.b * d.p, T::ZERO)?;
     if d.p > 0 {
         parallel::project(cell, spec.threads, d, &xs, &mut proj, training);
     }
