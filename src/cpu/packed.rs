@@ -1090,6 +1090,23 @@ mod tests {
     use crate::cpu::{Backend, project_rows, with_backend};
     use crate::dim::Dyn;
 
+    /// Deterministic operands of a projection: `x [rows, k]`, `kernel [k, n]` and `bias [n]`,
+    /// the first two scaled by `x_scale` and `w_scale`.
+    fn operands(
+        k: usize,
+        n: usize,
+        rows: usize,
+        x_scale: f32,
+        w_scale: f32,
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let value = |i: usize, salt: usize| (((i * 37 + salt) % 97) as f32 - 48.0) / 50.0;
+        (
+            (0..rows * k).map(|i| value(i, 1) * x_scale).collect(),
+            (0..k * n).map(|i| value(i, 2) * w_scale).collect(),
+            (0..n).map(|i| value(i, 3)).collect(),
+        )
+    }
+
     /// The packed projection against a plain sum, on every backend, for partial panels, one
     /// reduction row, one output row and row counts that leave every block size as a rest.
     #[test]
@@ -1101,10 +1118,7 @@ mod tests {
             (64, 192, 4),
             (17, 128, 33),
         ] {
-            let value = |i: usize, salt: usize| (((i * 37 + salt) % 97) as f32 - 48.0) / 50.0;
-            let x: Vec<f32> = (0..rows * k).map(|i| value(i, 1)).collect();
-            let w: Vec<f32> = (0..k * n).map(|i| value(i, 2)).collect();
-            let bias: Vec<f32> = (0..n).map(|i| value(i, 3)).collect();
+            let (x, w, bias) = operands(k, n, rows, 1.0, 1.0);
             let packed = PackedProjection::new(&w, &bias, k, n);
             for backend in Backend::available() {
                 let mut out = vec![f32::NAN; rows * n];
@@ -1142,10 +1156,8 @@ mod tests {
             (33, 64, 13),
             (64, 192, 4),
         ] {
-            let value = |i: usize, salt: usize| (((i * 37 + salt) % 97) as f32 - 48.0) / 50.0;
-            let x: Vec<f32> = (0..rows * k).map(|i| value(i, 1) * 1.001).collect();
-            let w: Vec<f32> = (0..k * n).map(|i| value(i, 2) * 0.999).collect();
-            let bias: Vec<f32> = (0..n).map(|i| value(i, 3)).collect();
+            // Scaled off the grid of the values, so that rounding to bf16 really rounds.
+            let (x, w, bias) = operands(k, n, rows, 1.001, 0.999);
             let packed = PackedProjection::new(&w, &bias, k, n);
             let mut out = vec![f32::NAN; rows * n];
             if !super::project_bf16(&packed, &x, &mut out) {
