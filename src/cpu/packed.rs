@@ -1086,26 +1086,11 @@ fn project_rows<S: SimdF32, const G: usize, const R: usize>(
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::{PackedProjection, to_bf16};
     use crate::cpu::{Backend, project_rows, with_backend};
     use crate::dim::Dyn;
-
-    /// Deterministic operands of a projection: `x [rows, k]`, `kernel [k, n]` and `bias [n]`,
-    /// the first two scaled by `x_scale` and `w_scale`.
-    fn operands(
-        k: usize,
-        n: usize,
-        rows: usize,
-        x_scale: f32,
-        w_scale: f32,
-    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-        let value = |i: usize, salt: usize| (((i * 37 + salt) % 97) as f32 - 48.0) / 50.0;
-        (
-            (0..rows * k).map(|i| value(i, 1) * x_scale).collect(),
-            (0..k * n).map(|i| value(i, 2) * w_scale).collect(),
-            (0..n).map(|i| value(i, 3)).collect(),
-        )
-    }
 
     /// The packed projection against a plain sum, on every backend, for partial panels, one
     /// reduction row, one output row and row counts that leave every block size as a rest.
@@ -1118,7 +1103,10 @@ mod tests {
             (64, 192, 4),
             (17, 128, 33),
         ] {
-            let (x, w, bias) = operands(k, n, rows, 1.0, 1.0);
+            let value = |i: usize, salt: usize| (((i * 37 + salt) % 97) as f32 - 48.0) / 50.0;
+            let x: Vec<f32> = (0..rows * k).map(|i| value(i, 1)).collect();
+            let w: Vec<f32> = (0..k * n).map(|i| value(i, 2)).collect();
+            let bias: Vec<f32> = (0..n).map(|i| value(i, 3)).collect();
             let packed = PackedProjection::new(&w, &bias, k, n);
             for backend in Backend::available() {
                 let mut out = vec![f32::NAN; rows * n];
@@ -1143,40 +1131,67 @@ mod tests {
         }
     }
 
-    /// The bf16 projection against a plain sum of the rounded operands, where the CPU has
-    /// AVX-512 BF16: odd and even reductions (a zero-padded last pair), partial panels, and
-    /// row counts that leave every block size as a rest.
-    #[test]
-    fn bf16_projection_sums_the_rounded_operands() {
-        let widen = |v: f32| f32::from_bits((to_bf16(v) as u32) << 16) as f64;
-        for (k, n, rows) in [
-            (1, 20, 1),
-            (3, 60, 5),
-            (70, 130, 9),
-            (33, 64, 13),
-            (64, 192, 4),
-        ] {
-            // Scaled off the grid of the values, so that rounding to bf16 really rounds.
-            let (x, w, bias) = operands(k, n, rows, 1.001, 0.999);
+    /// `bias + Σ x·w` in `f64` over the operands as given, and the sum of the terms' magnitudes.
+    fn reference(x: &[f32], w: &[f32], bias: f32, k: usize, n: usize, j: usize) -> (f64, f64) {
+        let terms = (0..k).map(|q| x[q] as f64 * w[q * n + j] as f64);
+        let scale = bias.abs() as f64 + terms.clone().map(f64::abs).sum::<f64>();
+        (bias as f64 + terms.sum::<f64>(), scale)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            failure_persistence: None,
+            ..ProptestConfig::with_cases(64)
+        })]
+
+        /// The bf16 projection against the `f64` sum of the rounded operands, where the CPU
+        /// has AVX-512 BF16, on random shapes (partial panels and row blocks, odd reductions)
+        /// and values from ±1e-3 to ±1e3 with some NaN and ±∞: a special value rounds to
+        /// itself and propagates as in `f32` arithmetic.
+        #[test]
+        fn bf16_projection_matches_the_rounded_reference(
+            (k, n, rows, x, w, bias) in (1..80usize, 1..150usize, 1..20usize).prop_flat_map(|(k, n, rows)| {
+                let value = prop_oneof![
+                    20 => -1.0f32..1.0,
+                    4 => -1e3f32..1e3,
+                    2 => -1e-3f32..1e-3,
+                    1 => Just(f32::NAN),
+                    1 => Just(f32::INFINITY),
+                    1 => Just(f32::NEG_INFINITY),
+                ];
+                (
+                    Just(k),
+                    Just(n),
+                    Just(rows),
+                    proptest::collection::vec(value.clone(), rows * k),
+                    proptest::collection::vec(-1.0f32..1.0, k * n),
+                    proptest::collection::vec(-1.0f32..1.0, n),
+                )
+            })
+        ) {
+            let round = |v: &[f32]| -> Vec<f32> {
+                v.iter().map(|&a| f32::from_bits((to_bf16(a) as u32) << 16)).collect()
+            };
             let packed = PackedProjection::new(&w, &bias, k, n);
-            let mut out = vec![f32::NAN; rows * n];
-            if !super::project_bf16(&packed, &x, &mut out) {
-                assert!(
-                    out.iter().all(|v| v.is_nan()),
-                    "nothing written without BF16"
-                );
-                return;
-            }
-            for r in 0..rows {
-                for j in 0..n {
-                    let terms = (0..k).map(|q| widen(x[r * k + q]) * widen(w[q * n + j]));
-                    let want = bias[j] as f64 + terms.clone().sum::<f64>();
-                    let scale = bias[j].abs() as f64 + terms.map(f64::abs).sum::<f64>();
-                    let got = out[r * n + j] as f64;
-                    assert!(
-                        (got - want).abs() <= 1e-6 * (1.0 + scale),
-                        "k={k} n={n} rows={rows} ({r}, {j}): {got} vs {want}"
-                    );
+            let mut out = vec![0.0; rows * n];
+            if super::project_bf16(&packed, &x, &mut out) {
+                let (xr, wr) = (round(&x), round(&w));
+                for r in 0..rows {
+                    for j in 0..n {
+                        let (want, scale) = reference(&xr[r * k..(r + 1) * k], &wr, bias[j], k, n, j);
+                        let got = out[r * n + j] as f64;
+                        if want.is_nan() || want.is_infinite() {
+                            prop_assert!(
+                                got.is_nan() && want.is_nan() || got == want,
+                                "({r}, {j}): {got} vs {want}"
+                            );
+                        } else {
+                            prop_assert!(
+                                (got - want).abs() <= 1e-6 * (1.0 + scale),
+                                "({r}, {j}): {got} vs {want}"
+                            );
+                        }
+                    }
                 }
             }
         }
