@@ -28,13 +28,21 @@ pub(super) struct Scratch<T: Copy + 'static> {
 }
 
 impl<T: Copy + 'static> Scratch<T> {
-    /// An empty buffer with room for `len` elements: the smallest idle one that fits, else the
-    /// largest grown; [`Error::Allocation`] naming `arg` when the memory cannot be had.
-    pub(super) fn with_capacity(arg: &'static str, len: usize) -> Result<Self> {
+    /// The best-fitting idle buffer (see [`take`]) cut to at most `len` elements, with room
+    /// for `len`; [`Error::Allocation`] naming `arg` when the memory cannot be had.
+    fn reserved(arg: &'static str, len: usize) -> Result<Vec<T>> {
         let mut buf = take::<T>(len);
-        buf.clear();
-        buf.try_reserve_exact(len)
+        buf.truncate(len);
+        buf.try_reserve_exact(len - buf.len())
             .map_err(|_| Error::Allocation { arg, elements: len })?;
+        Ok(buf)
+    }
+
+    /// An empty buffer with room for `len` elements: the smallest idle one that fits, else the
+    /// largest grown.
+    pub(super) fn with_capacity(arg: &'static str, len: usize) -> Result<Self> {
+        let mut buf = Self::reserved(arg, len)?;
+        buf.clear();
         Ok(Self { buf })
     }
 
@@ -49,14 +57,8 @@ impl<T: Copy + 'static> Scratch<T> {
     /// a buffer that is written in full before it is read, so that a run does not pay for
     /// clearing it (megabytes for the projection of a long sequence).
     pub(super) fn overwritten(arg: &'static str, len: usize, value: T) -> Result<Self> {
-        let mut buf = take::<T>(len);
-        if buf.len() >= len {
-            buf.truncate(len);
-        } else {
-            buf.try_reserve_exact(len - buf.len())
-                .map_err(|_| Error::Allocation { arg, elements: len })?;
-            buf.resize(len, value);
-        }
+        let mut buf = Self::reserved(arg, len)?;
+        buf.resize(len, value);
         Ok(Self { buf })
     }
 
