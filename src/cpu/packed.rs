@@ -728,7 +728,7 @@ fn grad_rows<S: SimdF32, const R: usize>(
 const PROJECTION_CHUNK_FLOATS: usize = 64 * 1024;
 
 /// An input projection's `kernel [K, N]` and `bias [N]` in panels of `16·G` columns (`G`, the
-/// column groups, up to 4: as many as `N` fills): panel `c` holds, for every reduction row
+/// column groups: up to 4, or 3 where that pads fewer columns): panel `c` holds, for every reduction row
 /// `k`, the weights `W[k, 16Gc .. 16G(c + 1)]` contiguously (`[panels][K][16·G]`,
 /// zero-padded past `N`), so that [`project`] streams a panel front to back for a block of rows
 /// with the block's outputs in registers.
@@ -748,7 +748,16 @@ pub struct PackedProjection {
 impl PackedProjection {
     /// Packs `kernel [k, n]` and `bias [n]` (empty: none).
     pub(crate) fn new(kernel: &[f32], bias: &[f32], k: usize, n: usize) -> Self {
-        let groups = n.div_ceil(TILE_UNITS).min(4);
+        // Panels of 3 groups where they pad fewer columns than panels of 4 (6 groups as two
+        // panels of 3, not a full panel of 4 and a half-empty one); narrower panels would
+        // leave the kernel bound by loads rather than multiply-adds.
+        let total = n.div_ceil(TILE_UNITS);
+        let padding = |g: usize| total.div_ceil(g) * g - total;
+        let groups = match total {
+            0..=4 => total.max(1),
+            _ if padding(3) < padding(4) => 3,
+            _ => 4,
+        };
         let width = groups * TILE_UNITS;
         let panels = n.div_ceil(width);
         let mut weights = vec![0.0; panels * k * width];
@@ -1102,6 +1111,8 @@ mod tests {
             (70, 130, 9),
             (64, 192, 4),
             (17, 128, 33),
+            (5, 96, 7),
+            (9, 72, 3),
         ] {
             let value = |i: usize, salt: usize| (((i * 37 + salt) % 97) as f32 - 48.0) / 50.0;
             let x: Vec<f32> = (0..rows * k).map(|i| value(i, 1)).collect();
@@ -1128,6 +1139,24 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// Panels of up to 4 groups, of 3 where that pads fewer columns.
+    #[test]
+    fn projection_panels_of_three_groups_where_they_pad_less() {
+        for (n, groups) in [
+            (16, 1),
+            (48, 3),
+            (64, 4),
+            (72, 3),
+            (96, 3),
+            (112, 4),
+            (208, 3),
+            (384, 4),
+        ] {
+            let p = PackedProjection::new(&vec![0.0; 2 * n], &[], 2, n);
+            assert_eq!(p.groups, groups, "n = {n}");
         }
     }
 
