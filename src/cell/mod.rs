@@ -75,10 +75,16 @@ impl Part {
 pub struct StepForward<'a, T> {
     /// Number of batch rows `B` in this step.
     pub batch: usize,
-    /// Inputs `[B, I]`.
+    /// Inputs: row `b` is `x[b·row_stride·I ..][.. I]`.
     pub x: &'a [T],
-    /// This step's rows of the input projection `[B, P]` (`P = projection_width()`; empty when 0).
+    /// This step's rows of the input projection (`P = projection_width()`; empty when 0): row
+    /// `b` is `proj[b·row_stride·P ..][.. P]`.
     pub proj: &'a [T],
+    /// How many rows apart the step's rows of `x` and `proj` lie: 1 when they are contiguous
+    /// (`[B, I]`, `[B, P]`), which the engine guarantees to cells without a projection. With a
+    /// projection the engine reads `x` where the caller laid it out, so a batch-major sequence
+    /// of `T` steps gives `T`.
+    pub row_stride: usize,
     /// The state before the step, `[S, B, H]`.
     pub state: &'a [T],
     /// The state after the step, `[S, B, H]`; the cell overwrites all of it.
@@ -91,6 +97,12 @@ pub struct StepForward<'a, T> {
     /// The share of the hidden units to compute ([`Part::WHOLE`] unless the cell reports
     /// [`Cell::max_parts`] above 1); the cell then writes only those units of `next` and `tape`.
     pub part: Part,
+}
+
+/// Row `b` of a step's `x` or `proj` ([`StepForward::row_stride`] rows apart), `width` values.
+#[inline(always)]
+pub(crate) fn step_row<T>(rows: &[T], b: usize, width: usize, row_stride: usize) -> &[T] {
+    &rows[b * row_stride * width..][..width]
 }
 
 /// What one backward step reads and writes. All buffers are row-major over the batch.

@@ -19,10 +19,10 @@ use std::sync::OnceLock;
 use super::math;
 use super::simd::SimdF32;
 use crate::activation::Activation;
-use crate::cell::StepForward;
 use crate::cell::gru::GruKind;
 use crate::cell::lstm::LstmKind;
 use crate::cell::simple_rnn::SimpleRnnKind;
+use crate::cell::{StepForward, step_row};
 
 /// Hidden units per tile: one AVX-512 register of `f32`, two AVX2 registers.
 pub const TILE_UNITS: usize = 16;
@@ -430,6 +430,8 @@ pub(crate) fn step_fwd<S: SimdF32, E: PanelElem>(
 pub(crate) struct PackedStep<'a> {
     pub batch: usize,
     pub proj: &'a [f32],
+    /// Rows of `proj` apart (see [`StepForward::row_stride`]).
+    pub row_stride: usize,
     pub h_prev: &'a [f32],
     pub c_prev: &'a [f32],
     pub h_next: &'a mut [f32],
@@ -448,6 +450,7 @@ impl<'a> PackedStep<'a> {
         PackedStep {
             batch: st.batch,
             proj: st.proj,
+            row_stride: st.row_stride,
             h_prev,
             c_prev,
             h_next,
@@ -571,7 +574,10 @@ fn lstm_fwd<S: SimdF32, E: PanelElem>(
         &mut st,
         #[inline(always)]
         |st, b, lanes, v, acc| {
-            let (px, rows) = (&st.proj[b * 4 * h..(b + 1) * 4 * h], b * h..(b + 1) * h);
+            let (px, rows) = (
+                step_row(st.proj, b, 4 * h, st.row_stride),
+                b * h..(b + 1) * h,
+            );
             // No helper closure here: closures do not inherit the ISA of the kernel they sit
             // in, and one the inliner leaves out of line calls the vector intrinsics.
             let i = activate(s, ra, s.add(acc[0][v], lanes.load(s, px, v)));
@@ -611,7 +617,10 @@ fn gru_fwd<S: SimdF32, E: PanelElem>(
         &mut st,
         #[inline(always)]
         |st, b, lanes, v, acc| {
-            let (px, rows) = (&st.proj[b * 3 * h..(b + 1) * 3 * h], b * h..(b + 1) * h);
+            let (px, rows) = (
+                step_row(st.proj, b, 3 * h, st.row_stride),
+                b * h..(b + 1) * h,
+            );
             let z = activate(s, ra, s.add(acc[0][v], lanes.load(s, px, v)));
             let r = activate(s, ra, s.add(acc[1][v], lanes.load(s, &px[h..], v)));
             let cand = activate(s, act, s.fma(r, acc[2][v], lanes.load(s, &px[2 * h..], v)));
@@ -645,8 +654,8 @@ fn simple_rnn_fwd<S: SimdF32, E: PanelElem>(
         &mut st,
         #[inline(always)]
         |st, b, lanes, v, acc| {
-            let rows = b * h..(b + 1) * h;
-            let pre = s.add(acc[0][v], lanes.load(s, &st.proj[rows.clone()], v));
+            let (px, rows) = (step_row(st.proj, b, h, st.row_stride), b * h..(b + 1) * h);
+            let pre = s.add(acc[0][v], lanes.load(s, px, v));
             lanes.store(
                 s,
                 &mut st.h_next[rows],

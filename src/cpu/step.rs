@@ -13,7 +13,7 @@ use crate::activation::Activation;
 use crate::cell::gru::{CANDIDATE, GruKind, RESET, UPDATE};
 use crate::cell::lstm::LstmKind;
 use crate::cell::simple_rnn::SimpleRnnKind;
-use crate::cell::{RecurrentWeights, StepBackward, StepForward};
+use crate::cell::{RecurrentWeights, StepBackward, StepForward, step_row};
 use crate::dim::Dim;
 use crate::real::Real;
 use std::ops::Range;
@@ -263,7 +263,8 @@ pub(crate) fn simple_rnn_fwd<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
     recurrent_units(ops, w, s.batch, s.state, 0..1, &u, s.next, h);
     for b in 0..s.batch {
         let rows = b * h + u.start..b * h + u.end;
-        add_assign(&mut s.next[rows.clone()], &s.proj[rows.clone()]);
+        let px = step_row(s.proj, b, h, s.row_stride);
+        add_assign(&mut s.next[rows.clone()], &px[u.clone()]);
         ops.activate(kind.activation, &mut s.next[rows]);
     }
 }
@@ -312,7 +313,7 @@ pub(crate) fn lstm_fwd<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
     for b in 0..s.batch {
         // Scratch row: pre-activations, then in place the gates i, f, c̃, o (this part's units).
         let g = &mut s.scratch[b * gh..(b + 1) * gh];
-        let px = &s.proj[b * gh..(b + 1) * gh];
+        let px = step_row(s.proj, b, gh, s.row_stride);
         for (gate, a) in [ra, ra, act, ra].into_iter().enumerate() {
             let cols = gate * h + u.start..gate * h + u.end;
             add_assign(&mut g[cols.clone()], &px[cols.clone()]);
@@ -499,10 +500,12 @@ pub(crate) fn gru_fwd<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
     let rec_gates = if kind.reset_after { 0..3 } else { 0..2 };
     recurrent_units(ops, w, s.batch, s.state, rec_gates, &u, rec, gh);
     for b in 0..s.batch {
+        let px = step_row(s.proj, b, gh, s.row_stride);
         for gate in [UPDATE, RESET] {
-            let cols = b * gh + gate * h + u.start..b * gh + gate * h + u.end;
-            add_assign(&mut rec[cols.clone()], &s.proj[cols.clone()]);
-            ops.activate(kind.recurrent_activation, &mut rec[cols]);
+            let cols = gate * h + u.start..gate * h + u.end;
+            let row = &mut rec[b * gh..(b + 1) * gh];
+            add_assign(&mut row[cols.clone()], &px[cols.clone()]);
+            ops.activate(kind.recurrent_activation, &mut row[cols]);
         }
         for j in u.clone() {
             aux[b * h + j] = rec[b * gh + RESET * h + j] * s.state[b * h + j];
@@ -513,7 +516,10 @@ pub(crate) fn gru_fwd<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
         recurrent(ops, w, s.batch, aux, h, 2 * h, h, &mut rec[2 * h..], gh);
     }
     for b in 0..s.batch {
-        let (g, px) = (&rec[b * gh..(b + 1) * gh], &s.proj[b * gh..(b + 1) * gh]);
+        let (g, px) = (
+            &rec[b * gh..(b + 1) * gh],
+            step_row(s.proj, b, gh, s.row_stride),
+        );
         let cand = &mut aux[b * h + u.start..b * h + u.end];
         for (k, j) in u.clone().enumerate() {
             let rec_n = g[CANDIDATE * h + j];

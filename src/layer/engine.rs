@@ -313,6 +313,7 @@ impl<T: Real, C: Cell<T> + ?Sized> Dir<'_, T, C> {
                 batch: a,
                 x: &xs[rows.start * i..rows.end * i],
                 proj: &proj[rows.start * p..rows.end * p],
+                row_stride: 1,
                 state,
                 next,
                 scratch: &mut scratch[..a * sw],

@@ -10,6 +10,7 @@
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use super::run::StepRows;
 use super::{Dims, SeqSpec};
 use crate::cell::{Cell, Part, StepForward};
 use crate::real::Real;
@@ -53,12 +54,6 @@ pub(super) fn project<T: Real, C: Cell<T> + ?Sized>(
     });
 }
 
-/// What the sequential loop hands over: inputs in processing order and their projection.
-pub(super) struct Inputs<'a, T> {
-    pub xs: &'a [T],
-    pub proj: &'a [T],
-}
-
 /// Where the results go: `y`, and when training the state snapshots `1..=T` (slot 0 holds the
 /// initial state already) and the cell's record.
 pub(super) struct Outputs<'a, T> {
@@ -75,7 +70,7 @@ pub(super) fn forward<T: Real, C: Cell<T> + ?Sized>(
     spec: &SeqSpec,
     d: &Dims,
     threads: usize,
-    input: Inputs<'_, T>,
+    rows: &StepRows<'_, T>,
     initial: &[T],
     out: Outputs<'_, T>,
 ) -> Vec<T> {
@@ -128,10 +123,12 @@ pub(super) fn forward<T: Real, C: Cell<T> + ?Sized>(
                 } else {
                     &mut []
                 };
+                let (x, proj, row_stride) = rows.step(t);
                 cell.step_forward(StepForward {
                     batch: d.b,
-                    x: &input.xs[t * d.b * d.i..(t + 1) * d.b * d.i],
-                    proj: &input.proj[t * d.b * d.p..(t + 1) * d.b * d.p],
+                    x,
+                    proj,
+                    row_stride,
                     state: &state,
                     next: &mut next_q,
                     scratch: &mut scratch,

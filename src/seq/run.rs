@@ -82,6 +82,34 @@ fn processing_order<'a, T: Real>(spec: &SeqSpec, d: &Dims, x: &'a [T]) -> Result
     Ok(InOrder::Copied(xs))
 }
 
+/// Where each step finds its rows of `x` and of the projection: in processing order
+/// (`order` `None`: step `t`'s rows are rows `t·B ..` of both), or where `order` lays out the
+/// caller's `x` (the projection then has the same row order).
+pub(super) struct StepRows<'a, T> {
+    pub xs: &'a [T],
+    pub proj: &'a [T],
+    pub order: Option<SeqSpec>,
+    pub d: Dims,
+}
+
+impl<'a, T> StepRows<'a, T> {
+    /// Step `t`'s `x` and projection rows, and how many rows apart they lie.
+    pub fn step(&self, t: usize) -> (&'a [T], &'a [T], usize) {
+        let d = &self.d;
+        let (first, stride) = match self.order {
+            None => (t * d.b, 1),
+            Some(spec) => {
+                let src = spec.source_step(t);
+                let first = spec.offset(src, 0, 1);
+                (first, spec.offset(src, 1, 1) - first)
+            }
+        };
+        let last = first + (d.b - 1) * stride;
+        let rows = |v: &'a [T], w: usize| &v[first * w..(last + 1) * w];
+        (rows(self.xs, d.i), rows(self.proj, d.p), stride)
+    }
+}
+
 /// The forward loop. `states` holds two snapshots used in turn (inference) or all `T + 1`
 /// (`training`); `cell_tape` is empty for inference.
 #[allow(clippy::too_many_arguments)]
@@ -96,12 +124,24 @@ fn run_forward<T: Real, C: Cell<T> + ?Sized>(
     training: bool,
 ) -> Result<Output<T>> {
     cell.prepare();
-    let xs = processing_order(spec, d, x)?;
+    // A cell with a projection reads `x` only through it, which runs on the caller's rows in
+    // their own order: no copy of `x`. Others get `x` in processing order.
+    let xs = if d.p > 0 {
+        InOrder::Given(x)
+    } else {
+        processing_order(spec, d, x)?
+    };
     // Cell::project_inputs overwrites every element.
     let mut proj = Scratch::overwritten("projection", d.t * d.b * d.p, T::ZERO)?;
     if d.p > 0 {
         parallel::project(cell, spec.threads, d, &xs, &mut proj, training);
     }
+    let rows = StepRows {
+        xs: &xs,
+        proj: &proj,
+        order: if d.p > 0 { Some(*spec) } else { None },
+        d: *d,
+    };
     let mut scratch = try_filled("scratch", d.b * d.sw, T::ZERO)?;
     let sl = d.state_len;
     match initial_state {
@@ -111,17 +151,13 @@ fn run_forward<T: Real, C: Cell<T> + ?Sized>(
     let mut y = try_filled("y", d.y_len, T::ZERO)?;
     if spec.threads > 1 && cell.max_parts(d.b) > 1 {
         let initial = states[..sl].to_vec();
-        let input = parallel::Inputs {
-            xs: &xs,
-            proj: &proj,
-        };
         let out = parallel::Outputs {
             states,
             cell_tape,
             y: &mut y,
             training,
         };
-        let final_state = parallel::forward(cell, spec, d, spec.threads, input, &initial, out);
+        let final_state = parallel::forward(cell, spec, d, spec.threads, &rows, &initial, out);
         return Ok(Output { y, final_state });
     }
     let bh = d.b * d.h;
@@ -143,10 +179,12 @@ fn run_forward<T: Real, C: Cell<T> + ?Sized>(
         } else {
             &mut cell_tape[t * d.b * d.tw..(t + 1) * d.b * d.tw]
         };
+        let (x, proj, row_stride) = rows.step(t);
         cell.step_forward(StepForward {
             batch: d.b,
-            x: &xs[t * d.b * d.i..(t + 1) * d.b * d.i],
-            proj: &proj[t * d.b * d.p..(t + 1) * d.b * d.p],
+            x,
+            proj,
+            row_stride,
             state,
             next,
             scratch: &mut scratch,

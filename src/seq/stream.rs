@@ -58,6 +58,7 @@ impl<'c, T: Real, C: Cell<T> + ?Sized> Stream<'c, T, C> {
             batch: self.batch,
             x,
             proj: &self.proj,
+            row_stride: 1,
             state: &self.state,
             next: &mut self.next,
             scratch: &mut self.scratch,
