@@ -1,6 +1,6 @@
 //! The forward loop split across threads computes exactly what one thread computes (the same
-//! kernels run on the same tiles), for inference and for the recorded training forward, on
-//! every backend this CPU has.
+//! kernels run on the same tiles, or on the same row blocks), for inference and for the
+//! recorded training forward, on every backend this CPU has.
 
 use fused_rnn::cell::Cell;
 use fused_rnn::prelude::*;
@@ -10,17 +10,44 @@ fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
 
-fn same_with_threads<C: Cell<f32>>(name: &str, cell: &C, split: &mut usize) {
-    // Up to 31 rows the packed kernels (on SIMD backends), in row blocks; 33 rows of fewer than
-    // 256 units the matrix-product path.
-    for (t, b) in [(1, 1), (7, 1), (5, 3), (4, 4), (3, 6), (2, 9), (2, 33)] {
-        if cell.max_parts(b) > 1 {
-            *split += 1;
+/// Counts of shapes whose forward ran split by hidden units and by batch rows.
+#[derive(Default)]
+struct Splits {
+    units: usize,
+    rows: usize,
+}
+
+fn same_with_threads<C: Cell<f32>>(name: &str, cell: &C, split: &mut Splits) {
+    // Up to 31 rows the packed kernels (on SIMD backends), in row blocks; from 32 rows of fewer
+    // than 256 units the matrix-product path. From 13 rows (packed) or 64 (matrix products)
+    // small cells split by batch rows.
+    for (t, b) in [
+        (1, 1),
+        (7, 1),
+        (5, 3),
+        (4, 4),
+        (3, 6),
+        (2, 9),
+        (3, 13),
+        (2, 33),
+        (2, 64),
+        (2, 70),
+    ] {
+        if cell.row_parts(b, 2).is_some() {
+            split.rows += 1;
+        } else if cell.max_parts(b) > 1 {
+            split.units += 1;
         }
-        for go_backwards in [false, true] {
+        for (layout, go_backwards, return_sequences) in [
+            (Layout::BatchMajor, false, true),
+            (Layout::BatchMajor, true, true),
+            (Layout::TimeMajor, false, true),
+            (Layout::TimeMajor, true, false),
+        ] {
             let spec = SeqSpec::new(t, b)
-                .layout(Layout::BatchMajor)
-                .go_backwards(go_backwards);
+                .layout(layout)
+                .go_backwards(go_backwards)
+                .return_sequences(return_sequences);
             let x: Vec<f32> = (0..t * b * cell.input_size())
                 .map(|k| (k as f32 * 0.37).sin())
                 .collect();
@@ -64,7 +91,7 @@ fn same_with_threads<C: Cell<f32>>(name: &str, cell: &C, split: &mut usize) {
 #[test]
 fn threaded_forward_matches_one_thread() {
     for backend in Backend::available() {
-        let mut split = 0;
+        let mut split = Splits::default();
         with_backend(backend, || {
             // Small steps stay on one thread (not worth another); 300 units split into parts.
             for h in [1, 37, 300] {
@@ -91,11 +118,16 @@ fn threaded_forward_matches_one_thread() {
             }
         })
         .unwrap();
-        // The SIMD backends must really have split steps, or this test proves nothing there.
-        println!("{backend}: {split} shapes split across threads");
+        // Both splits must really have run, or this test proves nothing about them (the
+        // scalar backend has no packed kernels, whose blocks the row split must respect).
+        println!(
+            "{backend}: {} shapes split by units, {} by rows",
+            split.units, split.rows
+        );
+        assert!(split.rows > 0, "{backend}: no run was split by rows");
         assert!(
-            backend == Backend::Scalar || split > 0,
-            "{backend}: no step was split"
+            backend == Backend::Scalar || split.units > 0,
+            "{backend}: no step was split by units"
         );
     }
 }

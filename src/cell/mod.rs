@@ -171,6 +171,16 @@ pub trait Cell<T: Real>: Sync {
         let _ = batch;
         1
     }
+    /// Contiguous ranges of batch rows, up to `parts` of them, that the engine may run through
+    /// the whole sequence on separate threads, each as a batch of its own, instead of splitting
+    /// steps by [`Cell::max_parts`]; `None` (the default) to never do so. A cell that answers
+    /// promises that every row's results are bit-identical to those of a step over all `batch`
+    /// rows (built-in cells answer where their recurrent weights fit a core's cache, so that each
+    /// thread can keep all of them).
+    fn row_parts(&self, batch: usize, parts: usize) -> Option<Vec<std::ops::Range<usize>>> {
+        let _ = (batch, parts);
+        None
+    }
     /// The hidden units a [`Part`] computes (all `0..H` for [`Part::WHOLE`]).
     fn part_units(&self, part: Part) -> std::ops::Range<usize> {
         part.range(self.hidden_size())

@@ -380,6 +380,19 @@ impl<T: Real, K: CellKind, I: Dim, H: Dim> Cell<T> for Recurrent<T, K, I, H> {
         cpu::part_units(part, self.hidden_size())
     }
 
+    fn row_parts(&self, batch: usize, parts: usize) -> Option<Vec<std::ops::Range<usize>>> {
+        /// Recurrent weights up to this size run as row parts, each thread holding all of them
+        /// in its core's cache; larger ones are split by hidden units, each thread holding its
+        /// share.
+        const MAX_SHARED_BYTES: usize = 1 << 20;
+        let h = self.hidden_size();
+        if h * K::GATES * h * size_of::<T>() > MAX_SHARED_BYTES {
+            return None;
+        }
+        let packable = T::packed_projection(&self.weights).is_some() && self.kind.splittable();
+        cpu::row_parts(batch, parts, h, K::GATES, packable)
+    }
+
     fn project_inputs(&self, x: &[T], proj: &mut [T]) {
         let w = &self.weights;
         cpu::project_rows(

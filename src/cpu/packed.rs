@@ -244,6 +244,21 @@ fn fma_pair<S: SimdF32, const G: usize, const R: usize>(
     }
 }
 
+/// Rows that the forward kernels on `lanes`-lane registers for `gates` gates treat alike in
+/// `f32` and in bfloat16: every row block starts at a multiple of it, so rows split at such
+/// multiples meet the same blocks, and the same accumulation order, as in one sweep.
+pub(crate) fn row_unit(lanes: usize, gates: usize) -> usize {
+    let (a, b) = (
+        <f32 as PanelElem>::row_block(lanes, gates),
+        <u16 as PanelElem>::row_block(lanes, gates),
+    );
+    let gcd = (1..=a.min(b))
+        .rev()
+        .find(|g| a % g == 0 && b % g == 0)
+        .unwrap_or(1);
+    a / gcd * b
+}
+
 /// `v` rounded to the nearest bfloat16 (ties to even); NaN stays NaN.
 pub(crate) fn to_bf16(v: f32) -> u16 {
     let bits = v.to_bits();

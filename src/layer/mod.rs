@@ -491,6 +491,9 @@ impl<T: Real> Cell<T> for AnyCell<T> {
     fn part_units(&self, part: crate::cell::Part) -> std::ops::Range<usize> {
         self.as_cell().part_units(part)
     }
+    fn row_parts(&self, batch: usize, parts: usize) -> Option<Vec<std::ops::Range<usize>>> {
+        self.as_cell().row_parts(batch, parts)
+    }
     fn projection_width(&self) -> usize {
         self.as_cell().projection_width()
     }

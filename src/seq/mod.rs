@@ -69,10 +69,13 @@ pub struct SeqSpec {
     pub go_backwards: bool,
     /// Return every step's output (`true`) or only the last one.
     pub return_sequences: bool,
-    /// Threads the forward loop may use (at least 1). Used where the cell can split its steps
-    /// ([`Cell::max_parts`]): the built-in LSTM, SimpleRNN and reset-after GRU split by
-    /// 16-unit tiles once a step is large enough to pay for a thread, each thread keeping its
-    /// share of the recurrent weights in its own cache; the input projection is split by rows.
+    /// Threads the forward loop may use (at least 1). Used where the cell can split its batch
+    /// ([`Cell::row_parts`]) or its steps ([`Cell::max_parts`]): built-in cells whose recurrent
+    /// weights fit a core's cache run contiguous blocks of batch rows through the whole sequence
+    /// on separate threads, with no synchronisation per step; otherwise the built-in LSTM,
+    /// SimpleRNN and reset-after GRU split steps by 16-unit tiles once a step is large enough to
+    /// pay for a thread, each thread keeping its share of the recurrent weights in its own
+    /// cache. The input projection is split by rows.
     /// In backpropagation the products over all `T·B` rows are split by blocks of their result;
     /// the reverse step loop runs on one thread. Results do not depend on the thread count.
     pub threads: usize,

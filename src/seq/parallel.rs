@@ -123,7 +123,7 @@ pub(super) fn forward<T: Real, C: Cell<T> + ?Sized>(
                 } else {
                     &mut []
                 };
-                let (x, proj, row_stride) = rows.step(t);
+                let (x, proj, row_stride) = rows.step(t, 0..d.b);
                 cell.step_forward(StepForward {
                     batch: d.b,
                     x,
@@ -157,6 +157,162 @@ pub(super) fn forward<T: Real, C: Cell<T> + ?Sized>(
         }
         worker(0, Some(out))
     })
+}
+
+/// One row part's share of the outputs: `y` row by row, and when training its rows of every
+/// state snapshot after the first and of every step's record.
+struct RowsOut<'a, T> {
+    /// `y[t][j]`: the output row of step `t` (only the last step without `return_sequences`)
+    /// for the part's row `j`.
+    y: Vec<Vec<&'a mut [T]>>,
+    /// `snapshots[t][s]`: the part's rows of state tensor `s` after step `t`.
+    snapshots: Vec<Vec<&'a mut [T]>>,
+    /// `tapes[t]`: the part's rows of step `t`'s record.
+    tapes: Vec<&'a mut [T]>,
+}
+
+/// Splits `buf`, blocks of `d.b` rows of `width` each, into every block's rows of each part:
+/// `[part][block]`.
+fn rows_of_parts<'a, T>(
+    buf: &'a mut [T],
+    d: &Dims,
+    width: usize,
+    parts: &[std::ops::Range<usize>],
+) -> Vec<Vec<&'a mut [T]>> {
+    let mut out: Vec<Vec<&'a mut [T]>> = parts.iter().map(|_| Vec::new()).collect();
+    if width == 0 {
+        return out;
+    }
+    for block in buf.chunks_mut(d.b * width) {
+        let mut rest = block;
+        for (q, r) in parts.iter().enumerate() {
+            let (mine, tail) = rest.split_at_mut(r.len() * width);
+            out[q].push(mine);
+            rest = tail;
+        }
+    }
+    out
+}
+
+/// The forward loop split by batch rows ([`Cell::row_parts`]): each part runs its rows through
+/// the whole sequence on a thread of its own, with its own state, and meets the others only at
+/// the end; returns the final state `[S, B, H]`.
+pub(super) fn forward_by_rows<T: Real, C: Cell<T> + ?Sized>(
+    cell: &C,
+    spec: &SeqSpec,
+    d: &Dims,
+    parts: &[std::ops::Range<usize>],
+    rows: &StepRows<'_, T>,
+    out: Outputs<'_, T>,
+) -> Vec<T> {
+    let (h, sl) = (d.h, d.state_len);
+    let s_count = sl / (d.b * h);
+    let (initial, snapshots) = out.states.split_at_mut(sl);
+    let initial: &[T] = initial;
+    // y rows of every (step, batch row), in processing order, handed to the parts.
+    let mut y_rows: Vec<Option<&mut [T]>> = out.y.chunks_mut(h).map(Some).collect();
+    let mut part_out: Vec<RowsOut<'_, T>> = parts
+        .iter()
+        .map(|r| RowsOut {
+            y: (0..d.t)
+                .filter(|&t| spec.return_sequences || t + 1 == d.t)
+                .map(|t| {
+                    r.clone()
+                        .map(|b| {
+                            let at = if spec.return_sequences {
+                                spec.offset(t, b, 1)
+                            } else {
+                                b
+                            };
+                            y_rows[at].take().unwrap_or_default()
+                        })
+                        .collect()
+                })
+                .collect(),
+            snapshots: Vec::new(),
+            tapes: Vec::new(),
+        })
+        .collect();
+    if out.training {
+        let tensors = rows_of_parts(snapshots, d, h, parts);
+        let tapes = rows_of_parts(out.cell_tape, d, d.tw, parts);
+        for ((o, tensors), tapes) in part_out.iter_mut().zip(tensors).zip(tapes) {
+            let mut tensors = tensors.into_iter();
+            o.snapshots = (0..d.t)
+                .map(|_| tensors.by_ref().take(s_count).collect())
+                .collect();
+            o.tapes = tapes;
+        }
+    }
+    let backend = crate::cpu::active_backend();
+
+    let worker = |r: std::ops::Range<usize>, mut o: RowsOut<'_, T>| -> Vec<T> {
+        let n = r.len();
+        let part_len = s_count * n * h;
+        // [S, n, H]: the part's rows of each state tensor.
+        let mut state: Vec<T> = (0..s_count)
+            .flat_map(|s| &initial[(s * d.b + r.start) * h..(s * d.b + r.end) * h])
+            .copied()
+            .collect();
+        let mut next = vec![T::ZERO; part_len];
+        let mut scratch = vec![T::ZERO; n * d.sw];
+        for t in 0..d.t {
+            let (x, proj, row_stride) = rows.step(t, r.clone());
+            cell.step_forward(StepForward {
+                batch: n,
+                x,
+                proj,
+                row_stride,
+                state: &state,
+                next: &mut next,
+                scratch: &mut scratch,
+                tape: o.tapes.get_mut(t).map_or(&mut [][..], |tape| &mut **tape),
+                part: Part::WHOLE,
+            });
+            if spec.return_sequences || t + 1 == d.t {
+                let at = if spec.return_sequences { t } else { 0 };
+                for (j, row) in o.y[at].iter_mut().enumerate() {
+                    row.copy_from_slice(&next[j * h..(j + 1) * h]);
+                }
+            }
+            if let Some(tensors) = o.snapshots.get_mut(t) {
+                for (s, dst) in tensors.iter_mut().enumerate() {
+                    dst.copy_from_slice(&next[s * n * h..(s + 1) * n * h]);
+                }
+            }
+            std::mem::swap(&mut state, &mut next);
+        }
+        state
+    };
+
+    let finals: Vec<Vec<T>> = std::thread::scope(|scope| {
+        let worker = &worker;
+        let mut work = parts.iter().cloned().zip(part_out);
+        let first = work.next();
+        let handles: Vec<_> = work
+            .map(|(r, o)| {
+                scope.spawn(move || {
+                    crate::cpu::with_backend(backend, || worker(r, o)).unwrap_or_default()
+                })
+            })
+            .collect();
+        let mut finals = vec![first.map_or_else(Vec::new, |(r, o)| worker(r, o))];
+        finals.extend(
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))),
+        );
+        finals
+    });
+    let mut final_state = vec![T::ZERO; sl];
+    for (r, part) in parts.iter().zip(&finals) {
+        let n = r.len();
+        for s in 0..s_count {
+            final_state[(s * d.b + r.start) * h..(s * d.b + r.end) * h]
+                .copy_from_slice(&part[s * n * h..(s + 1) * n * h]);
+        }
+    }
+    final_state
 }
 
 /// Thread 0, after step `t`: the output row, the state snapshot and the merged record.

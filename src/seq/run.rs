@@ -1,5 +1,7 @@
 //! Forward over time, recording, and backpropagation through time.
 
+use std::ops::Range;
+
 use super::pool::Scratch;
 use super::{Dims, GradMode, Gradients, Output, SeqSpec, parallel};
 use crate::cell::{Cell, Part, StepBackward, StepForward};
@@ -93,8 +95,9 @@ pub(super) struct StepRows<'a, T> {
 }
 
 impl<'a, T> StepRows<'a, T> {
-    /// Step `t`'s `x` and projection rows, and how many rows apart they lie.
-    pub fn step(&self, t: usize) -> (&'a [T], &'a [T], usize) {
+    /// Step `t`'s `x` and projection rows for batch rows `batch_rows` (not empty), and how many
+    /// rows apart they lie.
+    pub fn step(&self, t: usize, batch_rows: Range<usize>) -> (&'a [T], &'a [T], usize) {
         let d = &self.d;
         let (first, stride) = match self.order {
             None => (t * d.b, 1),
@@ -104,7 +107,10 @@ impl<'a, T> StepRows<'a, T> {
                 (first, spec.offset(src, 1, 1) - first)
             }
         };
-        let last = first + (d.b - 1) * stride;
+        let (first, last) = (
+            first + batch_rows.start * stride,
+            first + (batch_rows.end - 1) * stride,
+        );
         let rows = |v: &'a [T], w: usize| &v[first * w..(last + 1) * w];
         (rows(self.xs, d.i), rows(self.proj, d.p), stride)
     }
@@ -149,6 +155,20 @@ fn run_forward<T: Real, C: Cell<T> + ?Sized>(
         None => states[..sl].fill(T::ZERO),
     }
     let mut y = try_filled("y", d.y_len, T::ZERO)?;
+    let row_parts = match spec.threads {
+        1 => None,
+        threads => cell.row_parts(d.b, threads).filter(|p| p.len() > 1),
+    };
+    if let Some(parts) = row_parts {
+        let out = parallel::Outputs {
+            states,
+            cell_tape,
+            y: &mut y,
+            training,
+        };
+        let final_state = parallel::forward_by_rows(cell, spec, d, &parts, &rows, out);
+        return Ok(Output { y, final_state });
+    }
     if spec.threads > 1 && cell.max_parts(d.b) > 1 {
         let initial = states[..sl].to_vec();
         let out = parallel::Outputs {
@@ -179,7 +199,7 @@ fn run_forward<T: Real, C: Cell<T> + ?Sized>(
         } else {
             &mut cell_tape[t * d.b * d.tw..(t + 1) * d.b * d.tw]
         };
-        let (x, proj, row_stride) = rows.step(t);
+        let (x, proj, row_stride) = rows.step(t, 0..d.b);
         cell.step_forward(StepForward {
             batch: d.b,
             x,
