@@ -362,12 +362,13 @@ pub(crate) fn row_parts(
     let simd = packable && backend != Backend::Scalar;
     let packs = |rows: usize| simd && (rows < PACKED_MAX_ROWS || hidden >= PACKED_MIN_UNITS);
     let path = |rows: usize| (packs(rows), rows <= SMALL_ROWS);
-    // The matrix-product path packs the recurrent kernel into a buffer matrixmultiply allocates
-    // on every step; from this size a spawned thread's glibc arena hands it back to the system
-    // after each step and faults it in again (measured: LSTM with 128 units, 64 rows, 0.78x the
-    // split by units).
+    // Steps without packed kernels run their products through matrixmultiply, which packs the
+    // recurrent kernel into a buffer it allocates on every step; from this size a spawned
+    // thread's glibc arena hands it back to the system after each step and faults it in again
+    // (measured: LSTM with 128 units, 64 rows, 0.78x the split by units).
     const MAX_PACKED_PER_STEP_BYTES: usize = 256 << 10;
-    if !packs(batch) && hidden * gates * hidden * size_of::<f32>() >= MAX_PACKED_PER_STEP_BYTES {
+    let gemm = !simd && batch > SMALL_ROWS;
+    if gemm && hidden * gates * hidden * size_of::<f32>() >= MAX_PACKED_PER_STEP_BYTES {
         return None;
     }
     let unit = if packs(batch) {

@@ -35,6 +35,22 @@ pub trait RowOps<T: Real>: Copy {
     ) -> bool {
         false
     }
+    /// `out[b, g·H + j] = recurrent_bias + h[b, :] · recurrent_kernel[:, g·H + j]` for every
+    /// gate `g`, unit `j` in `units` and row `b < batch` (`h` rows `H` apart, `out` rows `ldo`
+    /// apart) on kernels of this backend's own, returning `false` when it has none or `units`
+    /// are not whole tiles of [`packed::TILE_UNITS`] (the caller then runs the product).
+    #[inline(always)]
+    fn recurrent_product<I: Dim, H: Dim>(
+        self,
+        _w: &RecurrentWeights<T, I, H>,
+        _batch: usize,
+        _h: &[T],
+        _units: std::ops::Range<usize>,
+        _out: &mut [T],
+        _ldo: usize,
+    ) -> bool {
+        false
+    }
 }
 
 /// Checks that `w` holds `rows` rows of `n` columns, `ld` apart.
@@ -124,6 +140,32 @@ impl<S: SimdF32> RowOps<f32> for SimdOps<S> {
             #[inline(always)]
             || simd_ger_acc(s, rows, v, d, w, ld),
         )
+    }
+
+    #[inline(always)]
+    fn recurrent_product<I: Dim, H: Dim>(
+        self,
+        w: &RecurrentWeights<f32, I, H>,
+        batch: usize,
+        h: &[f32],
+        units: std::ops::Range<usize>,
+        out: &mut [f32],
+        ldo: usize,
+    ) -> bool {
+        let hidden = w.hidden.value();
+        let tile = packed::TILE_UNITS;
+        if !units.start.is_multiple_of(tile)
+            || (!units.end.is_multiple_of(tile) && units.end != hidden)
+        {
+            return false;
+        }
+        let s = self.0;
+        let (p, tiles) = (w.packed(), units.start / tile..units.end.div_ceil(tile));
+        s.vectorize(
+            #[inline(always)]
+            || packed::recurrent_rows(s, p, batch, h, tiles, out, ldo),
+        );
+        true
     }
 
     #[inline(always)]

@@ -383,6 +383,7 @@ fn activate<S: SimdF32>(s: S, act: Activation, x: S::V) -> S::V {
 
 /// The units `[u0, u0 + n)` of a row, read or written a register at a time through a padded
 /// buffer when the tile is partial.
+#[derive(Clone, Copy)]
 struct Lanes {
     u0: usize,
     n: usize,
@@ -1034,6 +1035,39 @@ fn project_groups<S: SimdF32, const G: usize>(
     let (k, n, width) = (p.k, p.n, G * TILE_UNITS);
     let rows = x.len() / k;
     assert!(x.len() == rows * k && out.len() >= rows * n);
+    let chunk = (PROJECTION_CHUNK_FLOATS / k).max(8);
+    let panel_len = k * width;
+    for r0 in (0..rows).step_by(chunk) {
+        let end = (r0 + chunk).min(rows);
+        for c in 0..n.div_ceil(width) {
+            let panel = Panel {
+                weights: &p.weights[c * panel_len..(c + 1) * panel_len],
+                bias: &p.bias[c * width..(c + 1) * width],
+                groups: std::array::from_fn(|g| {
+                    let u0 = c * width + g * TILE_UNITS;
+                    Lanes {
+                        u0,
+                        n: n.saturating_sub(u0).min(TILE_UNITS),
+                    }
+                }),
+            };
+            panel_rows::<S, G>(s, &panel, x, k, r0..end, out, n);
+        }
+    }
+}
+
+/// `out[r, columns of the panel] = bias + x[r] · panel` for rows `rows` (`x` rows `k` apart,
+/// `out` rows `ldo` apart), a block of rows per pass.
+#[inline(always)]
+fn panel_rows<S: SimdF32, const G: usize>(
+    s: S,
+    panel: &Panel<'_>,
+    x: &[f32],
+    k: usize,
+    rows: std::ops::Range<usize>,
+    out: &mut [f32],
+    ldo: usize,
+) {
     // Rows per pass: 16 accumulators or so, with the weight registers and the broadcasts
     // (six rows of four groups, as in the LSTM step, spill here next to the chunk's pointers).
     let block = match (S::LANES, G) {
@@ -1043,37 +1077,80 @@ fn project_groups<S: SimdF32, const G: usize>(
         (_, 2) => 2,
         _ => 1,
     };
-    let chunk = (PROJECTION_CHUNK_FLOATS / k).max(block);
-    let panel_len = k * width;
-    for r0 in (0..rows).step_by(chunk) {
-        let end = (r0 + chunk).min(rows);
-        for c in 0..n.div_ceil(width) {
-            let panel = Panel {
-                weights: &p.weights[c * panel_len..(c + 1) * panel_len],
-                bias: &p.bias[c * width..(c + 1) * width],
-                col0: c * width,
-            };
-            let mut r = r0;
-            while r < end {
-                r += match (end - r).min(block) {
-                    8 => project_rows::<S, G, 8>(s, &panel, x, k, out, n, r),
-                    4..=7 => project_rows::<S, G, 4>(s, &panel, x, k, out, n, r),
-                    2 | 3 => project_rows::<S, G, 2>(s, &panel, x, k, out, n, r),
-                    _ => project_rows::<S, G, 1>(s, &panel, x, k, out, n, r),
-                };
-            }
-        }
+    let mut r = rows.start;
+    while r < rows.end {
+        r += match (rows.end - r).min(block) {
+            8 => project_rows::<S, G, 8>(s, panel, x, k, out, ldo, r),
+            4..=7 => project_rows::<S, G, 4>(s, panel, x, k, out, ldo, r),
+            2 | 3 => project_rows::<S, G, 2>(s, panel, x, k, out, ldo, r),
+            _ => project_rows::<S, G, 1>(s, panel, x, k, out, ldo, r),
+        };
     }
 }
 
-/// One projection panel: its weights, its bias and its first column.
+/// `out[b, g·H + j] = recurrent_bias + h_prev[b] · recurrent_kernel[:, g·H + j]` for every
+/// gate `g`, unit `j` of tiles `tiles` and row `b < batch` (`h_prev` rows `H` apart, `out`
+/// rows `ldo` apart): [`project`]'s kernel over the packed tiles, each tile a panel whose
+/// column groups are its units of each gate. Allocates nothing and packs nothing per step;
+/// every output is one chain in order of `k`, so any split of the rows or tiles gives the same
+/// bits.
+#[inline(always)]
+pub(crate) fn recurrent_rows<S: SimdF32>(
+    s: S,
+    p: &PackedRecurrent,
+    batch: usize,
+    h_prev: &[f32],
+    tiles: std::ops::Range<usize>,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    match p.gates() {
+        4 => recurrent_groups::<S, 4>(s, p, batch, h_prev, tiles, out, ldo),
+        3 => recurrent_groups::<S, 3>(s, p, batch, h_prev, tiles, out, ldo),
+        2 => recurrent_groups::<S, 2>(s, p, batch, h_prev, tiles, out, ldo),
+        _ => recurrent_groups::<S, 1>(s, p, batch, h_prev, tiles, out, ldo),
+    }
+}
+
+/// [`recurrent_rows`] for `G` gates.
+#[inline(always)]
+fn recurrent_groups<S: SimdF32, const G: usize>(
+    s: S,
+    p: &PackedRecurrent,
+    batch: usize,
+    h_prev: &[f32],
+    tiles: std::ops::Range<usize>,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    let h = p.hidden;
+    let per_tile = h * G * TILE_UNITS;
+    assert!(h_prev.len() >= batch * h && p.weights.len() >= tiles.end * per_tile);
+    for tile in tiles {
+        let panel = Panel {
+            weights: &p.weights[tile * per_tile..(tile + 1) * per_tile],
+            bias: &p.bias[tile * G * TILE_UNITS..(tile + 1) * G * TILE_UNITS],
+            groups: std::array::from_fn(|g| Lanes {
+                u0: g * h + tile * TILE_UNITS,
+                n: if g < G {
+                    (h - tile * TILE_UNITS).min(TILE_UNITS)
+                } else {
+                    0
+                },
+            }),
+        };
+        panel_rows::<S, G>(s, &panel, h_prev, h, 0..batch, out, ldo);
+    }
+}
+
+/// One projection panel: its weights, its bias, and the output columns of each group.
 struct Panel<'a> {
     weights: &'a [f32],
     bias: &'a [f32],
-    col0: usize,
+    groups: [Lanes; 4],
 }
 
-/// One pass of [`project`] over a panel for the `R` rows from `r0`; returns `R`.
+/// One pass of [`panel_rows`] over a panel for the `R` rows from `r0`; returns `R`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn project_rows<S: SimdF32, const G: usize, const R: usize>(
@@ -1082,7 +1159,7 @@ fn project_rows<S: SimdF32, const G: usize, const R: usize>(
     x: &[f32],
     k: usize,
     out: &mut [f32],
-    n: usize,
+    ldo: usize,
     r0: usize,
 ) -> usize {
     let regs = TILE_UNITS / S::LANES;
@@ -1100,13 +1177,8 @@ fn project_rows<S: SimdF32, const G: usize, const R: usize>(
         fma_row(s, panel.weights, kk, &xs, &mut acc);
     }
     for (r, acc) in acc.iter().enumerate() {
-        let out_row = &mut out[(r0 + r) * n..(r0 + r + 1) * n];
-        for (g, acc) in acc.iter().enumerate() {
-            let u0 = panel.col0 + g * TILE_UNITS;
-            let lanes = Lanes {
-                u0,
-                n: n.saturating_sub(u0).min(TILE_UNITS),
-            };
+        let out_row = &mut out[(r0 + r) * ldo..];
+        for (&lanes, acc) in panel.groups.iter().zip(acc) {
             for (v, &a) in acc.iter().enumerate().take(regs) {
                 if v * S::LANES < lanes.n {
                     lanes.store(s, out_row, v, a);

@@ -231,6 +231,14 @@ fn recurrent_units<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
     ldo: usize,
 ) {
     let h = w.hidden.value();
+    // Many rows of every gate run on the backend's kernel over the weights packed once, where it
+    // has one: no packing and no allocation per step.
+    if gates.len() == w.gates
+        && batch > SMALL_ROWS
+        && ops.recurrent_product(w, batch, h_prev, units.clone(), out, ldo)
+    {
+        return;
+    }
     if units.len() == h {
         let (col0, n) = (gates.start * h, gates.len() * h);
         recurrent(ops, w, batch, h_prev, h, col0, n, &mut out[col0..], ldo);
