@@ -139,51 +139,76 @@ fn zero_threads_is_an_error() {
     assert_eq!(err, Error::Zero { arg: "threads" });
 }
 
-/// BPTT with `threads(n)` splits its products over all `T·B` rows; every gradient stays
-/// bit-identical to one thread's.
-fn bptt_same_with_threads<T: Real, C: Cell<T>>(name: &str, cell: &C) {
-    // 32 rows of 64 inputs over 24 steps: the products are large enough to be split.
-    let spec = SeqSpec::new(24, 32).layout(Layout::BatchMajor);
-    let x: Vec<T> = (0..24 * 32 * cell.input_size())
-        .map(|k| T::from_f64((k as f64 * 0.37).sin()))
-        .collect();
-    let mut tape = vec![T::ZERO; seq::tape_len(cell, &spec).unwrap()];
-    let out = seq::forward_train(cell, &spec, &x, None, &mut tape).unwrap();
-    let dy: Vec<T> = (0..out.y.len())
-        .map(|k| T::from_f64((k as f64 * 0.21).cos()))
-        .collect();
-    let bits = |g: &seq::Gradients<T>| {
-        let mut v: Vec<u64> = g.dx.iter().map(|x| x.to_f64().to_bits()).collect();
-        v.extend(g.d_initial_state.iter().map(|x| x.to_f64().to_bits()));
-        for p in &g.params {
-            v.extend(p.iter().map(|x| x.to_f64().to_bits()));
+/// BPTT with `threads(n)` splits its products over all `T·B` rows, and for LSTM and SimpleRNN
+/// its reverse step loop by batch rows; every gradient stays bit-identical to one thread's.
+/// Returns how many runs split the step loop by rows.
+fn bptt_same_with_threads<T: Real, C: Cell<T>>(name: &str, cell: &C) -> usize {
+    let mut row_split = 0;
+    // 32 rows of 64 inputs over 24 steps: the products are large enough to be split; 36 rows
+    // split into parts of 16 and 20 (at the kernels' row blocks), 3 rows stay whole.
+    for (b, layout, go_backwards, return_sequences, with_d_final) in [
+        (32, Layout::BatchMajor, false, true, false),
+        (36, Layout::TimeMajor, true, false, true),
+        (3, Layout::BatchMajor, false, true, true),
+    ] {
+        let t = 24;
+        let spec = SeqSpec::new(t, b)
+            .layout(layout)
+            .go_backwards(go_backwards)
+            .return_sequences(return_sequences);
+        let x: Vec<T> = (0..t * b * cell.input_size())
+            .map(|k| T::from_f64((k as f64 * 0.37).sin()))
+            .collect();
+        let mut tape = vec![T::ZERO; seq::tape_len(cell, &spec).unwrap()];
+        let out = seq::forward_train(cell, &spec, &x, None, &mut tape).unwrap();
+        let dy: Vec<T> = (0..out.y.len())
+            .map(|k| T::from_f64((k as f64 * 0.21).cos()))
+            .collect();
+        let d_final: Vec<T> = (0..out.final_state.len())
+            .map(|k| T::from_f64((k as f64 * 0.13).sin()))
+            .collect();
+        let d_final = with_d_final.then_some(&d_final[..]);
+        let bits = |g: &seq::Gradients<T>| {
+            let mut v: Vec<u64> = g.dx.iter().map(|x| x.to_f64().to_bits()).collect();
+            v.extend(g.d_initial_state.iter().map(|x| x.to_f64().to_bits()));
+            for p in &g.params {
+                v.extend(p.iter().map(|x| x.to_f64().to_bits()));
+            }
+            v
+        };
+        let one = bits(&seq::bptt(cell, &spec, &x, None, &tape, &dy, d_final).unwrap());
+        for threads in [2, 3] {
+            row_split += usize::from(cell.backward_row_parts(b, threads).is_some());
+            let spec_n = spec.threads(threads);
+            let many = seq::bptt(cell, &spec_n, &x, None, &tape, &dy, d_final).unwrap();
+            assert!(
+                bits(&many) == one,
+                "{name} B={b} threads={threads}: gradients"
+            );
         }
-        v
-    };
-    let one = bits(&seq::bptt(cell, &spec, &x, None, &tape, &dy, None).unwrap());
-    for threads in [2, 3] {
-        let many = seq::bptt(cell, &spec.threads(threads), &x, None, &tape, &dy, None).unwrap();
-        assert!(bits(&many) == one, "{name} threads={threads}: gradients");
     }
+    row_split
 }
 
 #[test]
 fn threaded_bptt_matches_one_thread() {
     for backend in Backend::available() {
-        with_backend(backend, || {
+        let row_split = with_backend(backend, || {
             let lstm =
                 DynLstm::<f32>::random(Dyn(64), Dyn(48), LstmKind::default(), true, 1).unwrap();
-            bptt_same_with_threads(&format!("{backend} lstm f32"), &lstm);
+            let mut split = bptt_same_with_threads(&format!("{backend} lstm f32"), &lstm);
             let lstm =
                 DynLstm::<f64>::random(Dyn(64), Dyn(48), LstmKind::default(), true, 1).unwrap();
-            bptt_same_with_threads(&format!("{backend} lstm f64"), &lstm);
+            split += bptt_same_with_threads(&format!("{backend} lstm f64"), &lstm);
             let gru = DynGru::<f32>::random(Dyn(64), Dyn(48), GruKind::default(), true, 2).unwrap();
-            bptt_same_with_threads(&format!("{backend} gru f32"), &gru);
+            split += bptt_same_with_threads(&format!("{backend} gru f32"), &gru);
             let rnn =
                 DynSimpleRnn::<f32>::random(Dyn(64), Dyn(48), SimpleRnnKind::default(), true, 3)
                     .unwrap();
-            bptt_same_with_threads(&format!("{backend} rnn f32"), &rnn);
+            split + bptt_same_with_threads(&format!("{backend} rnn f32"), &rnn)
         })
         .unwrap();
+        println!("{backend}: {row_split} BPTT runs split by rows");
+        assert!(row_split > 0, "{backend}: no BPTT run was split by rows");
     }
 }

@@ -181,6 +181,20 @@ pub trait Cell<T: Real>: Sync {
         let _ = (batch, parts);
         None
     }
+    /// Like [`Cell::row_parts`], for the reverse step loop of backpropagation: contiguous ranges
+    /// of batch rows that may each run every backward step on a thread of their own, with every
+    /// row's results bit-identical to a step over all `batch` rows; `None` (the default) to never
+    /// do so. A cell that answers also promises that its [`Cell::step_backward`] accumulates no
+    /// parameter gradient (the engine then hands it an empty `grads`), leaving them all to
+    /// [`Cell::sequence_backward`] and [`Cell::project_backward`].
+    fn backward_row_parts(
+        &self,
+        batch: usize,
+        parts: usize,
+    ) -> Option<Vec<std::ops::Range<usize>>> {
+        let _ = (batch, parts);
+        None
+    }
     /// The hidden units a [`Part`] computes (all `0..H` for [`Part::WHOLE`]).
     fn part_units(&self, part: Part) -> std::ops::Range<usize> {
         part.range(self.hidden_size())

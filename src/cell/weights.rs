@@ -394,6 +394,17 @@ impl<T: Real, K: CellKind, I: Dim, H: Dim> Cell<T> for Recurrent<T, K, I, H> {
         cpu::row_parts(batch, parts, h, K::GATES, packable)
     }
 
+    fn backward_row_parts(
+        &self,
+        batch: usize,
+        parts: usize,
+    ) -> Option<Vec<std::ops::Range<usize>>> {
+        if !K::RECURRENT_GRAD_FROM_PROJECTION {
+            return None;
+        }
+        cpu::backward_row_parts(batch, parts, T::packed_projection(&self.weights).is_some())
+    }
+
     fn project_inputs(&self, x: &[T], proj: &mut [T]) {
         let w = &self.weights;
         cpu::project_rows(

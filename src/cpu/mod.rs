@@ -372,11 +372,48 @@ pub(crate) fn row_parts(
         return None;
     }
     let unit = if packs(batch) {
-        let lanes = if backend == Backend::Avx512 { 16 } else { 8 };
-        packed::row_unit(lanes, gates)
+        packed::row_unit(lanes(backend), gates)
     } else {
         1
     };
+    split_rows(batch, parts, unit, path)
+}
+
+/// `f32` lanes of a backend's registers.
+fn lanes(backend: Backend) -> usize {
+    if backend == Backend::Avx512 { 16 } else { 8 }
+}
+
+/// [`row_parts`] for the backward steps of a cell whose recurrent product in backward runs on
+/// the packed kernels on SIMD backends (`packable`, see [`ops::RowOps::recurrent_grad`]), in
+/// row blocks; otherwise as a matrix product, or row by row for few rows.
+pub(crate) fn backward_row_parts(
+    batch: usize,
+    parts: usize,
+    packable: bool,
+) -> Option<Vec<std::ops::Range<usize>>> {
+    /// Fewer rows per part than this ran slower on two threads than on one (LSTM, 8 rows of
+    /// 128 units: 0.87x).
+    const MIN_PART_ROWS: usize = 16;
+    let parts = parts.min(batch / MIN_PART_ROWS);
+    let backend = active_backend();
+    if packable && backend != Backend::Scalar {
+        let unit = packed::grad_row_block(lanes(backend));
+        split_rows(batch, parts, unit, |_| ())
+    } else {
+        split_rows(batch, parts, 1, |rows| rows <= SMALL_ROWS)
+    }
+}
+
+/// Up to `parts` contiguous, non-empty row ranges of `0..batch`, split at multiples of `unit`
+/// rows, each as long as `path` gives the same answer for its length as for `batch`; the most
+/// parts that allow it, or `None` below two.
+fn split_rows<P: PartialEq>(
+    batch: usize,
+    parts: usize,
+    unit: usize,
+    path: impl Fn(usize) -> P,
+) -> Option<Vec<std::ops::Range<usize>>> {
     (2..=parts.min(batch)).rev().find_map(|q| {
         let cut = |k: usize| match k {
             _ if k == q => batch,

@@ -699,7 +699,7 @@ pub(crate) fn recurrent_grad<S: SimdF32>(
     let (h, gh) = (p.hidden, p.gates() * p.hidden);
     assert!(d.len() >= batch * gh && dh.len() >= batch * h);
     let panels = p.transposed();
-    let block = f32::row_block(S::LANES, 1);
+    let block = grad_row_block(S::LANES);
     for tile in 0..p.tiles() {
         let panel = &panels[tile * gh * TILE_UNITS..(tile + 1) * gh * TILE_UNITS];
         let lanes = Lanes {
@@ -716,6 +716,12 @@ pub(crate) fn recurrent_grad<S: SimdF32>(
             };
         }
     }
+}
+
+/// Rows per pass of [`recurrent_grad`] on `lanes`-lane registers: its row blocks start at
+/// multiples of it.
+pub(crate) fn grad_row_block(lanes: usize) -> usize {
+    f32::row_block(lanes, 1)
 }
 
 /// One pass of [`recurrent_grad`] over a tile for the `R` rows from `b0`; returns `R`.

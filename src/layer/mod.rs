@@ -494,6 +494,13 @@ impl<T: Real> Cell<T> for AnyCell<T> {
     fn row_parts(&self, batch: usize, parts: usize) -> Option<Vec<std::ops::Range<usize>>> {
         self.as_cell().row_parts(batch, parts)
     }
+    fn backward_row_parts(
+        &self,
+        batch: usize,
+        parts: usize,
+    ) -> Option<Vec<std::ops::Range<usize>>> {
+        self.as_cell().backward_row_parts(batch, parts)
+    }
     fn projection_width(&self) -> usize {
         self.as_cell().projection_width()
     }

@@ -76,8 +76,10 @@ pub struct SeqSpec {
     /// SimpleRNN and reset-after GRU split steps by 16-unit tiles once a step is large enough to
     /// pay for a thread, each thread keeping its share of the recurrent weights in its own
     /// cache. The input projection is split by rows.
-    /// In backpropagation the products over all `T·B` rows are split by blocks of their result;
-    /// the reverse step loop runs on one thread. Results do not depend on the thread count.
+    /// In backpropagation the products over all `T·B` rows are split by blocks of their result,
+    /// and the reverse step loop by blocks of batch rows where the cell allows it
+    /// ([`Cell::backward_row_parts`]: built-in LSTM and SimpleRNN). Results do not depend on the
+    /// thread count.
     pub threads: usize,
 }
 

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::run::StepRows;
 use super::{Dims, SeqSpec};
-use crate::cell::{Cell, Part, StepForward};
+use crate::cell::{Cell, Part, StepBackward, StepForward};
 use crate::real::Real;
 
 /// The input projection of all `T·B` rows, split by rows across up to `threads` threads
@@ -304,15 +304,138 @@ pub(super) fn forward_by_rows<T: Real, C: Cell<T> + ?Sized>(
         );
         finals
     });
-    let mut final_state = vec![T::ZERO; sl];
-    for (r, part) in parts.iter().zip(&finals) {
+    scatter_parts(d, parts, &finals)
+}
+
+/// What the reverse step loop reads: `x` in processing order, the training record (state
+/// snapshots `[T + 1, S, B, H]` and the cell's records `[T, B, tape_width]`) and the upstream
+/// gradients.
+pub(super) struct BackwardInputs<'a, T> {
+    pub xs: &'a [T],
+    pub states: &'a [T],
+    pub cell_tape: &'a [T],
+    pub dy: &'a [T],
+    pub d_final_state: Option<&'a [T]>,
+}
+
+/// The reverse step loop split by batch rows ([`Cell::backward_row_parts`]): each part runs its
+/// rows backward through the whole sequence on a thread of its own, writing its rows of every
+/// step of `dxs` and `d_proj` (processing order); returns the gradient on the initial state
+/// `[S, B, H]`.
+pub(super) fn backward_by_rows<T: Real, C: Cell<T> + ?Sized>(
+    cell: &C,
+    spec: &SeqSpec,
+    d: &Dims,
+    parts: &[std::ops::Range<usize>],
+    input: BackwardInputs<'_, T>,
+    dxs: &mut [T],
+    d_proj: &mut [T],
+) -> Vec<T> {
+    let (h, sl) = (d.h, d.state_len);
+    let s_count = sl / (d.b * h);
+    let part_dxs = rows_of_parts(dxs, d, d.i, parts);
+    let part_d_proj = rows_of_parts(d_proj, d, d.p, parts);
+    let backend = crate::cpu::active_backend();
+    let input = &input;
+
+    let worker =
+        |r: std::ops::Range<usize>, mut dxs: Vec<&mut [T]>, mut d_proj: Vec<&mut [T]>| -> Vec<T> {
+            let n = r.len();
+            // The part's rows of every state tensor of snapshot `t` of `v`, as `[S, n, H]`.
+            let gather = |v: &[T], t: usize, dst: &mut Vec<T>| {
+                dst.clear();
+                for s in 0..s_count {
+                    let at = t * sl + (s * d.b + r.start) * h;
+                    dst.extend_from_slice(&v[at..at + n * h]);
+                }
+            };
+            let mut d_next = Vec::with_capacity(s_count * n * h);
+            match input.d_final_state {
+                Some(g) => gather(g, 0, &mut d_next),
+                None => d_next.resize(s_count * n * h, T::ZERO),
+            }
+            let mut d_state = vec![T::ZERO; s_count * n * h];
+            let (mut state, mut next) = (Vec::new(), Vec::new());
+            let mut scratch = vec![T::ZERO; n * d.sw];
+            for t in (0..d.t).rev() {
+                if spec.return_sequences || t + 1 == d.t {
+                    for (j, b) in r.clone().enumerate() {
+                        let o = if spec.return_sequences {
+                            spec.offset(t, b, h)
+                        } else {
+                            b * h
+                        };
+                        for (g, &v) in d_next[j * h..(j + 1) * h]
+                            .iter_mut()
+                            .zip(&input.dy[o..o + h])
+                        {
+                            *g += v;
+                        }
+                    }
+                }
+                gather(input.states, t, &mut state);
+                gather(input.states, t + 1, &mut next);
+                let rows = t * d.b + r.start..t * d.b + r.end;
+                cell.step_backward(
+                    StepBackward {
+                        batch: n,
+                        x: &input.xs[rows.start * d.i..rows.end * d.i],
+                        state: &state,
+                        next: &next,
+                        tape: &input.cell_tape[rows.start * d.tw..rows.end * d.tw],
+                        d_next: &d_next,
+                        d_state: &mut d_state,
+                        d_proj: d_proj.get_mut(t).map_or(&mut [][..], |v| &mut **v),
+                        dx: dxs.get_mut(t).map_or(&mut [][..], |v| &mut **v),
+                        scratch: &mut scratch,
+                    },
+                    &mut [],
+                );
+                std::mem::swap(&mut d_next, &mut d_state);
+            }
+            d_next
+        };
+
+    let finals: Vec<Vec<T>> = std::thread::scope(|scope| {
+        let worker = &worker;
+        let mut work = parts
+            .iter()
+            .cloned()
+            .zip(part_dxs)
+            .zip(part_d_proj)
+            .map(|((r, x), p)| (r, x, p));
+        let first = work.next();
+        let handles: Vec<_> = work
+            .map(|(r, x, p)| {
+                scope.spawn(move || {
+                    crate::cpu::with_backend(backend, || worker(r, x, p)).unwrap_or_default()
+                })
+            })
+            .collect();
+        let mut finals = vec![first.map_or_else(Vec::new, |(r, x, p)| worker(r, x, p))];
+        finals.extend(
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))),
+        );
+        finals
+    });
+    scatter_parts(d, parts, &finals)
+}
+
+/// The full `[S, B, H]` state from each part's `[S, n, H]` rows.
+fn scatter_parts<T: Real>(d: &Dims, parts: &[std::ops::Range<usize>], finals: &[Vec<T>]) -> Vec<T> {
+    let (h, sl) = (d.h, d.state_len);
+    let s_count = sl / (d.b * h);
+    let mut full = vec![T::ZERO; sl];
+    for (r, part) in parts.iter().zip(finals) {
         let n = r.len();
         for s in 0..s_count {
-            final_state[(s * d.b + r.start) * h..(s * d.b + r.end) * h]
+            full[(s * d.b + r.start) * h..(s * d.b + r.end) * h]
                 .copy_from_slice(&part[s * n * h..(s + 1) * n * h]);
         }
     }
-    final_state
+    full
 }
 
 /// Thread 0, after step `t`: the output row, the state snapshot and the merged record.

@@ -302,6 +302,84 @@ pub fn bptt_into<T: Real, C: Cell<T> + ?Sized>(
     let mut dxs = Scratch::filled("dx", d.x_len, T::ZERO)?;
     let mut d_proj = Scratch::filled("projection", d.t * d.b * d.p, T::ZERO)?;
     let mut scratch = try_filled("scratch", d.b * d.sw, T::ZERO)?;
+    let row_parts = match spec.threads {
+        1 => None,
+        threads => cell
+            .backward_row_parts(d.b, threads)
+            .filter(|p| p.len() > 1),
+    };
+    if let Some(parts) = row_parts {
+        let input = parallel::BackwardInputs {
+            xs: &xs,
+            states,
+            cell_tape,
+            dy,
+            d_final_state,
+        };
+        let d_initial =
+            parallel::backward_by_rows(cell, spec, &d, &parts, input, &mut dxs, &mut d_proj);
+        grads.d_initial_state.copy_from_slice(&d_initial);
+    } else {
+        let inputs = parallel::BackwardInputs {
+            xs: &xs,
+            states,
+            cell_tape,
+            dy,
+            d_final_state,
+        };
+        let d_initial = backward_steps(
+            cell,
+            spec,
+            &d,
+            inputs,
+            &mut scratch,
+            &mut dxs,
+            &mut d_proj,
+            &mut grads.params,
+        );
+        grads.d_initial_state.copy_from_slice(&d_initial);
+    }
+    // The products over all T·B rows split across the spec's threads.
+    crate::cpu::gemm::with_threads(spec.threads, || {
+        cell.sequence_backward(d.b, states, &d_proj, &mut grads.params);
+        if d.p > 0 {
+            cell.project_backward(&xs, &d_proj, &mut dxs, &mut grads.params);
+        }
+    });
+    // Back from processing order to the caller's layout and direction.
+    for t in 0..d.t {
+        let src = spec.source_step(t);
+        for b in 0..d.b {
+            let o = spec.offset(src, b, d.i);
+            let r = (t * d.b + b) * d.i;
+            grads.dx[o..o + d.i].copy_from_slice(&dxs[r..r + d.i]);
+        }
+    }
+    Ok(())
+}
+
+/// The reverse step loop of [`bptt_into`] on this thread: fills `dxs` and `d_proj` (processing
+/// order), accumulates the steps' parameter gradients into `params`; returns the gradient on
+/// the initial state.
+#[allow(clippy::too_many_arguments)]
+fn backward_steps<T: Real, C: Cell<T> + ?Sized>(
+    cell: &C,
+    spec: &SeqSpec,
+    d: &Dims,
+    inputs: parallel::BackwardInputs<'_, T>,
+    scratch: &mut [T],
+    dxs: &mut [T],
+    d_proj: &mut [T],
+    params: &mut [Vec<T>],
+) -> Vec<T> {
+    let parallel::BackwardInputs {
+        xs,
+        states,
+        cell_tape,
+        dy,
+        d_final_state,
+    } = inputs;
+    let sl = d.state_len;
     let mut d_next = match d_final_state {
         Some(g) => g.to_vec(),
         None => vec![T::ZERO; sl],
@@ -335,28 +413,11 @@ pub fn bptt_into<T: Real, C: Cell<T> + ?Sized>(
                 d_state: &mut d_state,
                 d_proj: &mut d_proj[t * d.b * d.p..(t + 1) * d.b * d.p],
                 dx: &mut dxs[t * d.b * d.i..(t + 1) * d.b * d.i],
-                scratch: &mut scratch,
+                scratch,
             },
-            &mut grads.params,
+            params,
         );
         std::mem::swap(&mut d_next, &mut d_state);
     }
-    // The products over all T·B rows split across the spec's threads.
-    crate::cpu::gemm::with_threads(spec.threads, || {
-        cell.sequence_backward(d.b, states, &d_proj, &mut grads.params);
-        if d.p > 0 {
-            cell.project_backward(&xs, &d_proj, &mut dxs, &mut grads.params);
-        }
-    });
-    grads.d_initial_state.copy_from_slice(&d_next);
-    // Back from processing order to the caller's layout and direction.
-    for t in 0..d.t {
-        let src = spec.source_step(t);
-        for b in 0..d.b {
-            let o = spec.offset(src, b, d.i);
-            let r = (t * d.b + b) * d.i;
-            grads.dx[o..o + d.i].copy_from_slice(&dxs[r..r + d.i]);
-        }
-    }
-    Ok(())
+    d_next
 }
