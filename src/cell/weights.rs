@@ -366,15 +366,18 @@ impl<T: Real, K: CellKind, I: Dim, H: Dim> Cell<T> for Recurrent<T, K, I, H> {
 
     fn max_parts(&self, batch: usize) -> usize {
         /// Multiply-adds per step below which another thread costs more (a barrier and the
-        /// exchange of the new state) than it saves: an LSTM step of 32 rows and 32 units
-        /// (2¹⁷) ran 1.4-1.6x slower on two threads than on one.
-        const MIN_WORK_PER_PART: usize = 1 << 17;
+        /// exchange of the new state) than it saves.
+        const MIN_WORK_PER_PART: usize = 1 << 16;
         if !self.kind.splittable() {
             return 1;
         }
         let h = self.hidden_size();
         let work = batch * h * K::GATES * h;
-        h.div_ceil(TILE_UNITS).min(work / MIN_WORK_PER_PART).max(1)
+        // At least two tiles per part: one tile each (an LSTM step of 32 rows and 32 units)
+        // ran 1.4-1.6x slower on two threads than on one.
+        (h.div_ceil(TILE_UNITS) / 2)
+            .min(work / MIN_WORK_PER_PART)
+            .max(1)
     }
 
     fn part_units(&self, part: Part) -> std::ops::Range<usize> {

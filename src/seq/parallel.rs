@@ -33,8 +33,9 @@ pub(super) fn project<T: Real, C: Cell<T> + ?Sized>(
             cell.project_inputs_inference(x, out)
         }
     };
-    /// Multiply-adds below which starting a thread costs more than it saves.
-    const MIN_WORK_PER_THREAD: usize = 1 << 20;
+    /// Multiply-adds below which starting a thread costs more than it saves (a SimpleRNN
+    /// projecting 100 rows of 256 inputs to 256 units, 6.6 million, ran 0.93x on two threads).
+    const MIN_WORK_PER_THREAD: usize = 1 << 22;
     let rows = d.t * d.b;
     let p = threads
         .min(rows * d.i * d.p / MIN_WORK_PER_THREAD)
