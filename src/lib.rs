@@ -34,8 +34,10 @@
 //! process or [`with_backend`] for one thread to force another. In `f32` the SIMD backends
 //! use explicit vector code: products with register tiles, vector activations, and a
 //! register-fused forward step over recurrent weights packed once into 16-unit tiles, a block of
-//! batch rows per pass (optionally in bfloat16, [`cell::Recurrent::set_bf16_inference`]), which
-//! [`seq::SeqSpec::threads`] can split across threads; BPTT's state gradient runs on the
+//! batch rows per pass (optionally in bfloat16, [`cell::Recurrent::set_bf16_inference`]), or
+//! for many rows of few units the product of all rows over the same packed weights, then the
+//! epilogue; [`seq::SeqSpec::threads`] splits either across threads by batch rows or by tiles.
+//! BPTT's state gradient runs on the
 //! transposed weights packed the same way. `f64` runs the portable code compiled
 //! for the selected instruction set. The `f32` input projection over all `T·B` rows runs on
 //! the input kernel packed once the same way (on AVX-512 BF16 in bfloat16 inference); the other

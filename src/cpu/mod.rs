@@ -4,11 +4,14 @@
 //! The big products over all `T·B` rows at once (input projection, and in backward the input
 //! and kernel gradients) go through [`gemm`], except the `f32` projection on the SIMD
 //! backends, which runs on the input kernel packed once ([`packed::project`], or
-//! [`packed::project_bf16`] in bfloat16 inference). A recurrent step is two phases: the product of
-//! the previous state with the recurrent kernel for every batch row (a row-by-row
-//! matrix-vector kernel for small batches, one matrix product otherwise), then the fused
-//! epilogue per row — bias, precomputed input projection, gate activations and state update in
-//! one pass. Every kernel is generic over [`Dim`](crate::dim::Dim), so compile-time and
+//! [`packed::project_bf16`] in bfloat16 inference). On the SIMD backends an `f32` forward step
+//! of a built-in cell runs the register-fused kernels over the recurrent weights packed once
+//! ([`packed::step_fwd`]); with many rows and few units, the projection kernel over the same
+//! packed weights for every row, then the epilogue ([`packed::recurrent_rows`]). Otherwise a
+//! recurrent step is two phases: the product of the previous state with the recurrent kernel
+//! for every batch row (a row-by-row matrix-vector kernel for small batches, one matrix
+//! product otherwise), then the epilogue per row — bias, precomputed input projection, gate
+//! activations and state update. Every kernel is generic over [`Dim`](crate::dim::Dim), so compile-time and
 //! run-time shapes run the same source, and over [`ops::RowOps`], so every backend runs the
 //! same source too.
 //!
@@ -334,10 +337,10 @@ pub(crate) fn part_units(part: crate::cell::Part, hidden: usize) -> std::ops::Ra
 }
 
 /// Forward steps of at least this many rows and fewer than [`PACKED_MIN_UNITS`] hidden units run
-/// the matrix-product path instead of the packed kernels: with many rows per step, packing the
-/// recurrent kernel inside the product costs little, and its register tile beats the packed
-/// kernels' (measured with `examples/bench` on LSTM, GRU and SimpleRNN at B = 32 and 64,
-/// H = 32 to 1024).
+/// the product for all rows first ([`packed::recurrent_rows`] on the SIMD backends) and the
+/// epilogue after it, instead of the register-fused kernels: measured faster with
+/// `examples/bench` on LSTM, GRU and SimpleRNN at B = 32 and 64, H = 32 to 1024 (SimpleRNN at
+/// B = 32, H = 32: the fused kernels at 0.70x; LSTM 0.89x).
 const PACKED_MAX_ROWS: usize = 32;
 /// See [`PACKED_MAX_ROWS`].
 const PACKED_MIN_UNITS: usize = 256;
