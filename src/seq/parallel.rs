@@ -245,7 +245,6 @@ pub(super) fn forward_by_rows<T: Real, C: Cell<T> + ?Sized>(
             o.tapes = tapes;
         }
     }
-    let backend = crate::cpu::active_backend();
 
     let worker = |r: std::ops::Range<usize>, mut o: RowsOut<'_, T>| -> Vec<T> {
         let n = r.len();
@@ -286,25 +285,7 @@ pub(super) fn forward_by_rows<T: Real, C: Cell<T> + ?Sized>(
         state
     };
 
-    let finals: Vec<Vec<T>> = std::thread::scope(|scope| {
-        let worker = &worker;
-        let mut work = parts.iter().cloned().zip(part_out);
-        let first = work.next();
-        let handles: Vec<_> = work
-            .map(|(r, o)| {
-                scope.spawn(move || {
-                    crate::cpu::with_backend(backend, || worker(r, o)).unwrap_or_default()
-                })
-            })
-            .collect();
-        let mut finals = vec![first.map_or_else(Vec::new, |(r, o)| worker(r, o))];
-        finals.extend(
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))),
-        );
-        finals
-    });
+    let finals = on_threads(parts.iter().cloned().zip(part_out), |(r, o)| worker(r, o));
     scatter_parts(d, parts, &finals)
 }
 
@@ -336,7 +317,6 @@ pub(super) fn backward_by_rows<T: Real, C: Cell<T> + ?Sized>(
     let s_count = sl / (d.b * h);
     let part_dxs = rows_of_parts(dxs, d, d.i, parts);
     let part_d_proj = rows_of_parts(d_proj, d, d.p, parts);
-    let backend = crate::cpu::active_backend();
     let input = &input;
 
     let worker =
@@ -397,31 +377,37 @@ pub(super) fn backward_by_rows<T: Real, C: Cell<T> + ?Sized>(
             d_next
         };
 
-    let finals: Vec<Vec<T>> = std::thread::scope(|scope| {
+    let jobs = parts.iter().cloned().zip(part_dxs).zip(part_d_proj);
+    let finals = on_threads(jobs, |((r, x), p)| worker(r, x, p));
+    scatter_parts(d, parts, &finals)
+}
+
+/// Runs `worker` on every job, the first on this thread and each other on a scoped thread of
+/// its own under this thread's backend; returns the results in the jobs' order.
+fn on_threads<J: Send, R: Send + Default>(
+    jobs: impl IntoIterator<Item = J>,
+    worker: impl Fn(J) -> R + Sync,
+) -> Vec<R> {
+    let backend = crate::cpu::active_backend();
+    std::thread::scope(|scope| {
         let worker = &worker;
-        let mut work = parts
-            .iter()
-            .cloned()
-            .zip(part_dxs)
-            .zip(part_d_proj)
-            .map(|((r, x), p)| (r, x, p));
-        let first = work.next();
-        let handles: Vec<_> = work
-            .map(|(r, x, p)| {
+        let mut jobs = jobs.into_iter();
+        let first = jobs.next();
+        let handles: Vec<_> = jobs
+            .map(|job| {
                 scope.spawn(move || {
-                    crate::cpu::with_backend(backend, || worker(r, x, p)).unwrap_or_default()
+                    crate::cpu::with_backend(backend, || worker(job)).unwrap_or_default()
                 })
             })
             .collect();
-        let mut finals = vec![first.map_or_else(Vec::new, |(r, x, p)| worker(r, x, p))];
-        finals.extend(
+        let mut results: Vec<R> = first.map(worker).into_iter().collect();
+        results.extend(
             handles
                 .into_iter()
                 .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))),
         );
-        finals
-    });
-    scatter_parts(d, parts, &finals)
+        results
+    })
 }
 
 /// The full `[S, B, H]` state from each part's `[S, n, H]` rows.
