@@ -10,7 +10,7 @@
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::run::StepRows;
+use super::run::{StepRows, add_output_gradient};
 use super::{Dims, SeqSpec};
 use crate::cell::{Cell, Part, StepBackward, StepForward};
 use crate::real::Real;
@@ -339,21 +339,7 @@ pub(super) fn backward_by_rows<T: Real, C: Cell<T> + ?Sized>(
             let (mut state, mut next) = (Vec::new(), Vec::new());
             let mut scratch = vec![T::ZERO; n * d.sw];
             for t in (0..d.t).rev() {
-                if spec.return_sequences || t + 1 == d.t {
-                    for (j, b) in r.clone().enumerate() {
-                        let o = if spec.return_sequences {
-                            spec.offset(t, b, h)
-                        } else {
-                            b * h
-                        };
-                        for (g, &v) in d_next[j * h..(j + 1) * h]
-                            .iter_mut()
-                            .zip(&input.dy[o..o + h])
-                        {
-                            *g += v;
-                        }
-                    }
-                }
+                add_output_gradient(spec, d, t, r.clone(), input.dy, &mut d_next);
                 gather(input.states, t, &mut state);
                 gather(input.states, t + 1, &mut next);
                 let rows = t * d.b + r.start..t * d.b + r.end;

@@ -308,37 +308,29 @@ pub fn bptt_into<T: Real, C: Cell<T> + ?Sized>(
             .backward_row_parts(d.b, threads)
             .filter(|p| p.len() > 1),
     };
-    if let Some(parts) = row_parts {
-        let input = parallel::BackwardInputs {
-            xs: &xs,
-            states,
-            cell_tape,
-            dy,
-            d_final_state,
-        };
-        let d_initial =
-            parallel::backward_by_rows(cell, spec, &d, &parts, input, &mut dxs, &mut d_proj);
-        grads.d_initial_state.copy_from_slice(&d_initial);
-    } else {
-        let inputs = parallel::BackwardInputs {
-            xs: &xs,
-            states,
-            cell_tape,
-            dy,
-            d_final_state,
-        };
-        let d_initial = backward_steps(
+    let input = parallel::BackwardInputs {
+        xs: &xs,
+        states,
+        cell_tape,
+        dy,
+        d_final_state,
+    };
+    let d_initial = match row_parts {
+        Some(parts) => {
+            parallel::backward_by_rows(cell, spec, &d, &parts, input, &mut dxs, &mut d_proj)
+        }
+        None => backward_steps(
             cell,
             spec,
             &d,
-            inputs,
+            input,
             &mut scratch,
             &mut dxs,
             &mut d_proj,
             &mut grads.params,
-        );
-        grads.d_initial_state.copy_from_slice(&d_initial);
-    }
+        ),
+    };
+    grads.d_initial_state.copy_from_slice(&d_initial);
     // The products over all T·B rows split across the spec's threads.
     crate::cpu::gemm::with_threads(spec.threads, || {
         cell.sequence_backward(d.b, states, &d_proj, &mut grads.params);
@@ -356,6 +348,32 @@ pub fn bptt_into<T: Real, C: Cell<T> + ?Sized>(
         }
     }
     Ok(())
+}
+
+/// Adds the gradient on step `t`'s output rows `rows` (from `dy`, shaped like `y`) into
+/// `d_next`, whose state 0 holds those rows, `[S, rows, H]`.
+pub(super) fn add_output_gradient<T: Real>(
+    spec: &SeqSpec,
+    d: &Dims,
+    t: usize,
+    rows: Range<usize>,
+    dy: &[T],
+    d_next: &mut [T],
+) {
+    if !spec.return_sequences && t + 1 != d.t {
+        return;
+    }
+    let h = d.h;
+    for (j, b) in rows.enumerate() {
+        let o = if spec.return_sequences {
+            spec.offset(t, b, h)
+        } else {
+            b * h
+        };
+        for (g, &v) in d_next[j * h..(j + 1) * h].iter_mut().zip(&dy[o..o + h]) {
+            *g += v;
+        }
+    }
 }
 
 /// The reverse step loop of [`bptt_into`] on this thread: fills `dxs` and `d_proj` (processing
@@ -385,23 +403,8 @@ fn backward_steps<T: Real, C: Cell<T> + ?Sized>(
         None => vec![T::ZERO; sl],
     };
     let mut d_state = vec![T::ZERO; sl];
-    let bh = d.b * d.h;
     for t in (0..d.t).rev() {
-        if spec.return_sequences {
-            for b in 0..d.b {
-                let o = spec.offset(t, b, d.h);
-                for (g, &v) in d_next[b * d.h..(b + 1) * d.h]
-                    .iter_mut()
-                    .zip(&dy[o..o + d.h])
-                {
-                    *g += v;
-                }
-            }
-        } else if t + 1 == d.t {
-            for (g, &v) in d_next[..bh].iter_mut().zip(dy) {
-                *g += v;
-            }
-        }
+        add_output_gradient(spec, d, t, 0..d.b, dy, &mut d_next);
         cell.step_backward(
             StepBackward {
                 batch: d.b,
