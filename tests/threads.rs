@@ -212,3 +212,92 @@ fn threaded_bptt_matches_one_thread() {
         assert!(row_split > 0, "{backend}: no BPTT run was split by rows");
     }
 }
+
+/// A cell that delegates to an LSTM but answers `row_parts` and `backward_row_parts` with
+/// ranges the engine cannot use (overlapping, short of the batch, or empty).
+struct BadParts(DynLstm<f32>, Vec<std::ops::Range<usize>>);
+
+impl Cell<f32> for BadParts {
+    fn input_size(&self) -> usize {
+        self.0.input_size()
+    }
+    fn hidden_size(&self) -> usize {
+        self.0.hidden_size()
+    }
+    fn state_count(&self) -> usize {
+        self.0.state_count()
+    }
+    fn tape_width(&self) -> usize {
+        self.0.tape_width()
+    }
+    fn scratch_width(&self) -> usize {
+        self.0.scratch_width()
+    }
+    fn prepare(&self) {
+        self.0.prepare()
+    }
+    fn row_parts(&self, _: usize, _: usize) -> Option<Vec<std::ops::Range<usize>>> {
+        Some(self.1.clone())
+    }
+    fn backward_row_parts(&self, _: usize, _: usize) -> Option<Vec<std::ops::Range<usize>>> {
+        Some(self.1.clone())
+    }
+    fn projection_width(&self) -> usize {
+        self.0.projection_width()
+    }
+    fn project_inputs(&self, x: &[f32], proj: &mut [f32]) {
+        self.0.project_inputs(x, proj)
+    }
+    fn step_forward(&self, step: fused_rnn::cell::StepForward<'_, f32>) {
+        self.0.step_forward(step)
+    }
+    fn step_backward(&self, step: fused_rnn::cell::StepBackward<'_, f32>, grads: &mut [Vec<f32>]) {
+        self.0.step_backward(step, grads)
+    }
+    fn project_backward(&self, x: &[f32], d_proj: &[f32], dx: &mut [f32], grads: &mut [Vec<f32>]) {
+        self.0.project_backward(x, d_proj, dx, grads)
+    }
+    fn sequence_backward(
+        &self,
+        batch: usize,
+        states: &[f32],
+        d_proj: &[f32],
+        grads: &mut [Vec<f32>],
+    ) {
+        self.0.sequence_backward(batch, states, d_proj, grads)
+    }
+    fn params(&self) -> Vec<fused_rnn::cell::Param<'_, f32>> {
+        self.0.params()
+    }
+    fn params_mut(&mut self) -> Vec<&mut [f32]> {
+        self.0.params_mut()
+    }
+}
+
+/// Row parts that do not tile the batch are not used: the run stays on one thread and computes
+/// what the wrapped cell computes, instead of failing or leaving rows out.
+#[test]
+fn unusable_row_parts_run_unsplit() {
+    let (t, b) = (4, 20);
+    let lstm = DynLstm::<f32>::random(Dyn(5), Dyn(8), LstmKind::default(), true, 1).unwrap();
+    let spec = SeqSpec::new(t, b);
+    let x: Vec<f32> = (0..t * b * 5).map(|k| (k as f32 * 0.37).sin()).collect();
+    let mut tape = vec![0.0; seq::tape_len(&lstm, &spec).unwrap()];
+    let want = seq::forward_train(&lstm, &spec, &x, None, &mut tape).unwrap();
+    let dy = vec![0.5; want.y.len()];
+    let want_grads = seq::bptt(&lstm, &spec, &x, None, &tape, &dy, None).unwrap();
+    for parts in [
+        vec![0..12, 8..20],
+        vec![0..10],
+        vec![0..10, 10..10, 10..20],
+        vec![0..10, 10..30],
+    ] {
+        let cell = BadParts(lstm.clone(), parts.clone());
+        let spec = spec.threads(2);
+        let mut tape = vec![0.0; tape.len()];
+        let got = seq::forward_train(&cell, &spec, &x, None, &mut tape).unwrap();
+        assert_eq!(bits(&got.y), bits(&want.y), "{parts:?}: y");
+        let grads = seq::bptt(&cell, &spec, &x, None, &tape, &dy, None).unwrap();
+        assert_eq!(bits(&grads.dx), bits(&want_grads.dx), "{parts:?}: dx");
+    }
+}

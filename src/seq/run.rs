@@ -116,6 +116,16 @@ impl<'a, T> StepRows<'a, T> {
     }
 }
 
+/// Whether `parts` are at least two non-empty ranges that follow each other from 0 to `batch`
+/// (a cell's [`Cell::row_parts`] answer that the engine can use; any other runs unsplit).
+fn tiles_batch(parts: &[Range<usize>], batch: usize) -> bool {
+    parts.len() > 1
+        && parts.first().is_some_and(|r| r.start == 0)
+        && parts.last().is_some_and(|r| r.end == batch)
+        && parts.iter().all(|r| r.start < r.end)
+        && parts.windows(2).all(|w| w[0].end == w[1].start)
+}
+
 /// The forward loop. `states` holds two snapshots used in turn (inference) or all `T + 1`
 /// (`training`); `cell_tape` is empty for inference.
 #[allow(clippy::too_many_arguments)]
@@ -157,7 +167,7 @@ fn run_forward<T: Real, C: Cell<T> + ?Sized>(
     let mut y = try_filled("y", d.y_len, T::ZERO)?;
     let row_parts = match spec.threads {
         1 => None,
-        threads => cell.row_parts(d.b, threads).filter(|p| p.len() > 1),
+        threads => cell.row_parts(d.b, threads).filter(|p| tiles_batch(p, d.b)),
     };
     if let Some(parts) = row_parts {
         let out = parallel::Outputs {
@@ -306,7 +316,7 @@ pub fn bptt_into<T: Real, C: Cell<T> + ?Sized>(
         1 => None,
         threads => cell
             .backward_row_parts(d.b, threads)
-            .filter(|p| p.len() > 1),
+            .filter(|p| tiles_batch(p, d.b)),
     };
     let input = parallel::BackwardInputs {
         xs: &xs,
