@@ -288,7 +288,7 @@ fn unusable_row_parts_run_unsplit() {
     let want_grads = seq::bptt(&lstm, &spec, &x, None, &tape, &dy, None).unwrap();
     for parts in [
         vec![0..12, 8..20],
-        [0..10].to_vec(),
+        std::iter::once(0..10).collect(),
         vec![0..10, 10..10, 10..20],
         vec![0..10, 10..30],
     ] {
