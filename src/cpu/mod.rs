@@ -11,9 +11,9 @@
 //! recurrent step is two phases: the product of the previous state with the recurrent kernel
 //! for every batch row (a row-by-row matrix-vector kernel for small batches, one matrix
 //! product otherwise), then the epilogue per row — bias, precomputed input projection, gate
-//! activations and state update. Every kernel is generic over [`Dim`](crate::dim::Dim), so compile-time and
-//! run-time shapes run the same source, and over [`ops::RowOps`], so every backend runs the
-//! same source too.
+//! activations and state update. Every kernel is generic over [`Dim`](crate::dim::Dim), so
+//! compile-time and run-time shapes run the same source, and over [`ops::RowOps`], so every
+//! backend runs the same source too.
 //!
 //! # Backends
 //! [`Backend::Scalar`] (portable), [`Backend::Avx2`] (AVX2 + FMA) and [`Backend::Avx512`]

@@ -761,8 +761,8 @@ fn grad_rows<S: SimdF32, const R: usize>(
 const PROJECTION_CHUNK_FLOATS: usize = 64 * 1024;
 
 /// An input projection's `kernel [K, N]` and `bias [N]` in panels of `16·G` columns (`G`, the
-/// column groups: up to 4, or 3 where that pads fewer columns): panel `c` holds, for every reduction row
-/// `k`, the weights `W[k, 16Gc .. 16G(c + 1)]` contiguously (`[panels][K][16·G]`,
+/// column groups: up to 4, or 3 where that pads fewer columns): panel `c` holds, for every
+/// reduction row `k`, the weights `W[k, 16Gc .. 16G(c + 1)]` contiguously (`[panels][K][16·G]`,
 /// zero-padded past `N`), so that [`project`] streams a panel front to back for a block of rows
 /// with the block's outputs in registers.
 #[derive(Debug, Clone)]

@@ -116,8 +116,22 @@ impl<'a, T> StepRows<'a, T> {
     }
 }
 
-/// Whether `parts` are at least two non-empty ranges that follow each other from 0 to `batch`
-/// (a cell's [`Cell::row_parts`] answer that the engine can use; any other runs unsplit).
+/// The row parts a cell answers through `ask` for `spec.threads` threads (its
+/// [`Cell::row_parts`] or [`Cell::backward_row_parts`]), when there are several threads and the
+/// parts can be used: at least two non-empty ranges that follow each other from 0 to `batch`.
+/// Any other answer runs unsplit.
+fn row_split(
+    spec: &SeqSpec,
+    batch: usize,
+    ask: impl FnOnce(usize) -> Option<Vec<Range<usize>>>,
+) -> Option<Vec<Range<usize>>> {
+    match spec.threads {
+        1 => None,
+        threads => ask(threads).filter(|p| tiles_batch(p, batch)),
+    }
+}
+
+/// Whether `parts` are at least two non-empty ranges that follow each other from 0 to `batch`.
 fn tiles_batch(parts: &[Range<usize>], batch: usize) -> bool {
     parts.len() > 1
         && parts.first().is_some_and(|r| r.start == 0)
@@ -158,18 +172,13 @@ fn run_forward<T: Real, C: Cell<T> + ?Sized>(
         order: if d.p > 0 { Some(*spec) } else { None },
         d: *d,
     };
-    let mut scratch = try_filled("scratch", d.b * d.sw, T::ZERO)?;
     let sl = d.state_len;
     match initial_state {
         Some(s) => states[..sl].copy_from_slice(s),
         None => states[..sl].fill(T::ZERO),
     }
     let mut y = try_filled("y", d.y_len, T::ZERO)?;
-    let row_parts = match spec.threads {
-        1 => None,
-        threads => cell.row_parts(d.b, threads).filter(|p| tiles_batch(p, d.b)),
-    };
-    if let Some(parts) = row_parts {
+    if let Some(parts) = row_split(spec, d.b, |n| cell.row_parts(d.b, n)) {
         let out = parallel::Outputs {
             states,
             cell_tape,
@@ -190,6 +199,7 @@ fn run_forward<T: Real, C: Cell<T> + ?Sized>(
         let final_state = parallel::forward(cell, spec, d, spec.threads, &rows, &initial, out);
         return Ok(Output { y, final_state });
     }
+    let mut scratch = try_filled("scratch", d.b * d.sw, T::ZERO)?;
     let bh = d.b * d.h;
     for t in 0..d.t {
         // Snapshot t is read, t + 1 written (training); inference alternates two slots.
@@ -311,13 +321,6 @@ pub fn bptt_into<T: Real, C: Cell<T> + ?Sized>(
     let xs = processing_order(spec, &d, x)?;
     let mut dxs = Scratch::filled("dx", d.x_len, T::ZERO)?;
     let mut d_proj = Scratch::filled("projection", d.t * d.b * d.p, T::ZERO)?;
-    let mut scratch = try_filled("scratch", d.b * d.sw, T::ZERO)?;
-    let row_parts = match spec.threads {
-        1 => None,
-        threads => cell
-            .backward_row_parts(d.b, threads)
-            .filter(|p| tiles_batch(p, d.b)),
-    };
     let input = parallel::BackwardInputs {
         xs: &xs,
         states,
@@ -325,7 +328,7 @@ pub fn bptt_into<T: Real, C: Cell<T> + ?Sized>(
         dy,
         d_final_state,
     };
-    let d_initial = match row_parts {
+    let d_initial = match row_split(spec, d.b, |n| cell.backward_row_parts(d.b, n)) {
         Some(parts) => {
             parallel::backward_by_rows(cell, spec, &d, &parts, input, &mut dxs, &mut d_proj)
         }
@@ -334,7 +337,7 @@ pub fn bptt_into<T: Real, C: Cell<T> + ?Sized>(
             spec,
             &d,
             input,
-            &mut scratch,
+            &mut try_filled("scratch", d.b * d.sw, T::ZERO)?,
             &mut dxs,
             &mut d_proj,
             &mut grads.params,
