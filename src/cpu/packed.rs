@@ -60,7 +60,7 @@ pub(crate) trait PanelElem: Copy {
         s: S,
         panel: &[Self],
         h_prev: [&[f32]; R],
-        acc: &mut [[[S::V; 16]; G]; R],
+        acc: &mut [[S::X16; G]; R],
     );
 }
 
@@ -82,7 +82,7 @@ impl PanelElem for f32 {
         s: S,
         panel: &[f32],
         h_prev: [&[f32]; R],
-        acc: &mut [[[S::V; 16]; G]; R],
+        acc: &mut [[S::X16; G]; R],
     ) {
         let len = h_prev[0].len();
         let h_prev = h_prev.map(|r| &r[..len]);
@@ -95,7 +95,7 @@ impl PanelElem for f32 {
             return;
         }
         // Row k of the reduction goes to set k mod split, the sets are added at the end.
-        let mut sets = [[[[s.splat(0.0); 16]; G]; R]; 4];
+        let mut sets = [[[s.splat16(0.0); G]; R]; 4];
         let whole = len / split * split;
         for k0 in (0..whole).step_by(split) {
             for (q, set) in sets.iter_mut().enumerate().take(split) {
@@ -128,7 +128,7 @@ fn fma_row<S: SimdF32, const G: usize, const R: usize>(
     panel: &[f32],
     k: usize,
     h: &[&[f32]; R],
-    acc: &mut [[[S::V; 16]; G]; R],
+    acc: &mut [[S::X16; G]; R],
 ) {
     let hk: [S::V; R] = std::array::from_fn(|r| s.splat(h[r][k]));
     let row = &panel[k * G * TILE_UNITS..(k + 1) * G * TILE_UNITS];
@@ -147,13 +147,13 @@ fn fma_row<S: SimdF32, const G: usize, const R: usize>(
 #[inline(always)]
 fn add_sets<S: SimdF32, const G: usize, const R: usize>(
     s: S,
-    sets: &[[[[S::V; 16]; G]; R]],
-    acc: &mut [[[S::V; 16]; G]; R],
+    sets: &[[[S::X16; G]; R]],
+    acc: &mut [[S::X16; G]; R],
 ) {
     for set in sets {
         for (a, b) in acc.iter_mut().zip(set) {
             for (ag, bg) in a.iter_mut().zip(b) {
-                for (x, &y) in ag.iter_mut().zip(bg).take(TILE_UNITS / S::LANES) {
+                for (x, &y) in ag.as_mut().iter_mut().zip(bg.as_ref()) {
                     *x = s.add(*x, y);
                 }
             }
@@ -178,7 +178,7 @@ impl PanelElem for u16 {
         s: S,
         panel: &[u16],
         h_prev: [&[f32]; R],
-        acc: &mut [[[S::V; 16]; G]; R],
+        acc: &mut [[S::X16; G]; R],
     ) {
         let len = h_prev[0].len();
         let h_prev = h_prev.map(|r| &r[..len]);
@@ -192,7 +192,7 @@ impl PanelElem for u16 {
         }
         // The two rows of a pair go to two sets; with very few accumulators, alternate pairs
         // go to a second two.
-        let mut sets = [[[[s.splat(0.0); 16]; G]; R]; 4];
+        let mut sets = [[[s.splat16(0.0); G]; R]; 4];
         let [s0, s1, s2, s3] = &mut sets;
         let whole = pairs / 2 * 2;
         for m in (0..whole).step_by(2) {
@@ -215,8 +215,8 @@ fn fma_pair<S: SimdF32, const G: usize, const R: usize>(
     panel: &[u16],
     m: usize,
     h: &[&[f32]; R],
-    acc: &mut [[[S::V; 16]; G]; R],
-    mut odd: Option<&mut [[[S::V; 16]; G]; R]>,
+    acc: &mut [[S::X16; G]; R],
+    mut odd: Option<&mut [[S::X16; G]; R]>,
 ) {
     let h0: [S::V; R] = std::array::from_fn(|r| s.splat(h[r][2 * m]));
     // An odd length pads the last pair with zero weights; its row contributes 0·0.
@@ -488,12 +488,11 @@ fn accumulate<S: SimdF32, E: PanelElem, const G: usize, const R: usize>(
     weights: &[E],
     tile: usize,
     h_prev: [&[f32]; R],
-) -> [[[S::V; 16]; G]; R] {
-    let regs = TILE_UNITS / S::LANES;
+) -> [[S::X16; G]; R] {
     let bias = &p.bias[tile * G * TILE_UNITS..(tile + 1) * G * TILE_UNITS];
-    let mut row = [[s.splat(0.0); 16]; G];
+    let mut row = [s.splat16(0.0); G];
     for (g, ag) in row.iter_mut().enumerate() {
-        for (v, a) in ag.iter_mut().enumerate().take(regs) {
+        for (v, a) in ag.as_mut().iter_mut().enumerate() {
             *a = s.load(&bias[g * TILE_UNITS + v * S::LANES..]);
         }
     }
@@ -519,7 +518,7 @@ fn sweep<S: SimdF32, E: PanelElem, const G: usize>(
     p: &PackedRecurrent,
     weights: &[E],
     st: &mut PackedStep<'_>,
-    mut f: impl FnMut(&mut PackedStep<'_>, usize, &Lanes, usize, &[[S::V; 16]; G]),
+    mut f: impl FnMut(&mut PackedStep<'_>, usize, &Lanes, usize, &[S::X16; G]),
 ) {
     let h = p.hidden;
     let block = E::row_block(S::LANES, G);
@@ -555,7 +554,7 @@ fn rows<S: SimdF32, E: PanelElem, const G: usize, const R: usize>(
     tile: usize,
     lanes: &Lanes,
     b0: usize,
-    f: &mut impl FnMut(&mut PackedStep<'_>, usize, &Lanes, usize, &[[S::V; 16]; G]),
+    f: &mut impl FnMut(&mut PackedStep<'_>, usize, &Lanes, usize, &[S::X16; G]),
 ) -> usize {
     let h = p.hidden;
     let h_prev = st.h_prev;
@@ -739,7 +738,7 @@ fn grad_rows<S: SimdF32, const R: usize>(
     lanes: &Lanes,
     b0: usize,
 ) -> usize {
-    let mut acc = [[[s.splat(0.0); 16]; 1]; R];
+    let mut acc = [[s.splat16(0.0); 1]; R];
     f32::accumulate::<S, 1, R>(
         s,
         panel,
@@ -1170,10 +1169,9 @@ fn project_rows<S: SimdF32, const G: usize, const R: usize>(
     ldo: usize,
     r0: usize,
 ) -> usize {
-    let regs = TILE_UNITS / S::LANES;
-    let mut row = [[s.splat(0.0); 16]; G];
+    let mut row = [s.splat16(0.0); G];
     for (g, ag) in row.iter_mut().enumerate() {
-        for (v, a) in ag.iter_mut().enumerate().take(regs) {
+        for (v, a) in ag.as_mut().iter_mut().enumerate() {
             *a = s.load(&panel.bias[g * TILE_UNITS + v * S::LANES..]);
         }
     }
@@ -1187,7 +1185,7 @@ fn project_rows<S: SimdF32, const G: usize, const R: usize>(
     for (r, acc) in acc.iter().enumerate() {
         let out_row = &mut out[(r0 + r) * ldo..];
         for (&lanes, acc) in panel.groups.iter().zip(acc) {
-            for (v, &a) in acc.iter().enumerate().take(regs) {
+            for (v, &a) in acc.as_ref().iter().enumerate() {
                 if v * S::LANES < lanes.n {
                     lanes.store(s, out_row, v, a);
                 }

@@ -8,6 +8,7 @@
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
+use std::ops::{Index, IndexMut};
 
 /// Vectors of `f32` lanes and the operations the kernels need.
 pub(crate) trait SimdF32: Copy + Send + Sync + 'static {
@@ -15,6 +16,16 @@ pub(crate) trait SimdF32: Copy + Send + Sync + 'static {
     type V: Copy;
     /// Lanes per register.
     const LANES: usize;
+    /// The `16 / LANES` registers that hold 16 floats: one tile of the packed kernels. Arrays
+    /// of it are exactly as large as the accumulators they stand for, so a kernel's register
+    /// block is neither zero-filled nor copied beyond its real width.
+    type X16: Copy
+        + AsRef<[Self::V]>
+        + AsMut<[Self::V]>
+        + Index<usize, Output = Self::V>
+        + IndexMut<usize>;
+    /// Every lane of every register of an [`X16`](Self::X16) `v`.
+    fn splat16(self, v: f32) -> Self::X16;
     /// Runs `f` in a function compiled for this ISA, so that the intrinsics `f` reaches are
     /// inlined into a small body rather than left as calls in a large one.
     fn vectorize<R>(self, f: impl FnOnce() -> R) -> R;
@@ -80,6 +91,11 @@ pub(crate) struct Scalar;
 impl SimdF32 for Scalar {
     type V = f32;
     const LANES: usize = 1;
+    type X16 = [f32; 16];
+    #[inline(always)]
+    fn splat16(self, v: f32) -> [f32; 16] {
+        [self.splat(v); 16]
+    }
     #[inline(always)]
     fn vectorize<R>(self, f: impl FnOnce() -> R) -> R {
         f()
@@ -210,6 +226,11 @@ impl Avx512 {
 impl SimdF32 for Avx2 {
     type V = __m256;
     const LANES: usize = 8;
+    type X16 = [__m256; 2];
+    #[inline(always)]
+    fn splat16(self, v: f32) -> [__m256; 2] {
+        [self.splat(v); 2]
+    }
     #[inline(always)]
     fn vectorize<R>(self, f: impl FnOnce() -> R) -> R {
         #[target_feature(enable = "avx2,fma")]
@@ -347,6 +368,11 @@ impl SimdF32 for Avx2 {
 impl SimdF32 for Avx512 {
     type V = __m512;
     const LANES: usize = 16;
+    type X16 = [__m512; 1];
+    #[inline(always)]
+    fn splat16(self, v: f32) -> [__m512; 1] {
+        [self.splat(v); 1]
+    }
     #[inline(always)]
     fn vectorize<R>(self, f: impl FnOnce() -> R) -> R {
         #[target_feature(enable = "avx512f,avx2,fma")]
