@@ -83,6 +83,7 @@ pub mod layout;
 pub mod real;
 pub mod reference;
 pub mod seq;
+mod workers;
 
 pub use activation::Activation;
 pub use cell::Cell;

@@ -175,12 +175,7 @@ pub(crate) fn gemm<T: Real>(
         }
     };
     // The blocks are disjoint parts of `c`, and `a`, `b` are only read.
-    std::thread::scope(|scope| {
-        for i in 1..threads {
-            scope.spawn(move || run(i));
-        }
-        run(0);
-    });
+    crate::workers::run(threads, &run);
 }
 
 #[cfg(test)]

@@ -366,7 +366,7 @@ pub(crate) fn row_parts(
     let packs = |rows: usize| simd && (rows < PACKED_MAX_ROWS || hidden >= PACKED_MIN_UNITS);
     let path = |rows: usize| (packs(rows), rows <= SMALL_ROWS);
     // Steps without packed kernels run their products through matrixmultiply, which packs the
-    // recurrent kernel into a buffer it allocates on every step; from this size a spawned
+    // recurrent kernel into a buffer it allocates on every step; from this size a worker
     // thread's glibc arena hands it back to the system after each step and faults it in again
     // (measured: LSTM with 128 units, 64 rows, 0.78x the split by units).
     const MAX_PACKED_PER_STEP_BYTES: usize = 256 << 10;

@@ -14,6 +14,7 @@ use super::run::{StepRows, add_output_gradient};
 use super::{Dims, SeqSpec};
 use crate::cell::{Cell, Part, StepBackward, StepForward};
 use crate::real::Real;
+use crate::workers;
 
 /// The input projection of all `T·B` rows, split by rows across up to `threads` threads
 /// (each share one matrix product) when there is enough work to pay for a thread; through
@@ -45,14 +46,9 @@ pub(super) fn project<T: Real, C: Cell<T> + ?Sized>(
         project(xs, proj);
         return;
     }
-    let backend = crate::cpu::active_backend();
     let per = rows.div_ceil(p);
-    std::thread::scope(|scope| {
-        for (x, out) in xs.chunks(per * d.i).zip(proj.chunks_mut(per * d.p)) {
-            let project = &project;
-            scope.spawn(move || crate::cpu::with_backend(backend, || project(x, out)));
-        }
-    });
+    let shares = xs.chunks(per * d.i).zip(proj.chunks_mut(per * d.p));
+    workers::map(shares, |(x, out)| project(x, out));
 }
 
 /// Where the results go: `y`, and when training the state snapshots `1..=T` (slot 0 holds the
@@ -99,7 +95,6 @@ pub(super) fn forward<T: Real, C: Cell<T> + ?Sized>(
         .collect();
     let barrier = SpinBarrier::new(p);
     let training = out.training;
-    let backend = crate::cpu::active_backend();
     let (s_count, h) = (sl / (d.b * d.h), d.h);
 
     // Copies units `u` of every state tensor and batch row from `src` into `dst` ([S, B, H]).
@@ -149,15 +144,10 @@ pub(super) fn forward<T: Real, C: Cell<T> + ?Sized>(
         state
     };
 
-    std::thread::scope(|scope| {
-        let worker = &worker;
-        for q in 1..p {
-            scope.spawn(move || {
-                crate::cpu::with_backend(backend, || worker(q, None)).unwrap_or_default()
-            });
-        }
-        worker(0, Some(out))
-    })
+    let mut out = Some(out);
+    let jobs = (0..p).map(|q| (q, if q == 0 { out.take() } else { None }));
+    let mut finals = workers::map(jobs, |(q, out)| worker(q, out));
+    finals.swap_remove(0)
 }
 
 /// One row part's share of the outputs: `y` row by row, and when training its rows of every
@@ -285,7 +275,7 @@ pub(super) fn forward_by_rows<T: Real, C: Cell<T> + ?Sized>(
         state
     };
 
-    let finals = on_threads(parts.iter().cloned().zip(part_out), |(r, o)| worker(r, o));
+    let finals = workers::map(parts.iter().cloned().zip(part_out), |(r, o)| worker(r, o));
     scatter_parts(d, parts, &finals)
 }
 
@@ -364,36 +354,8 @@ pub(super) fn backward_by_rows<T: Real, C: Cell<T> + ?Sized>(
         };
 
     let jobs = parts.iter().cloned().zip(part_dxs).zip(part_d_proj);
-    let finals = on_threads(jobs, |((r, x), p)| worker(r, x, p));
+    let finals = workers::map(jobs, |((r, x), p)| worker(r, x, p));
     scatter_parts(d, parts, &finals)
-}
-
-/// Runs `worker` on every job, the first on this thread and each other on a scoped thread of
-/// its own under this thread's backend; returns the results in the jobs' order.
-fn on_threads<J: Send, R: Send + Default>(
-    jobs: impl IntoIterator<Item = J>,
-    worker: impl Fn(J) -> R + Sync,
-) -> Vec<R> {
-    let backend = crate::cpu::active_backend();
-    std::thread::scope(|scope| {
-        let worker = &worker;
-        let mut jobs = jobs.into_iter();
-        let first = jobs.next();
-        let handles: Vec<_> = jobs
-            .map(|job| {
-                scope.spawn(move || {
-                    crate::cpu::with_backend(backend, || worker(job)).unwrap_or_default()
-                })
-            })
-            .collect();
-        let mut results: Vec<R> = first.map(worker).into_iter().collect();
-        results.extend(
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))),
-        );
-        results
-    })
 }
 
 /// The full `[S, B, H]` state from each part's `[S, n, H]` rows.
