@@ -19,8 +19,9 @@ struct Splits {
 
 fn same_with_threads<C: Cell<f32>>(name: &str, cell: &C, split: &mut Splits) {
     // Up to 31 rows the packed kernels (on SIMD backends), in row blocks; from 32 rows of fewer
-    // than 256 units the matrix-product path. From 13 rows (packed) or 64 (matrix products)
-    // small cells split by batch rows.
+    // than 256 units the product-then-epilogue path, except LSTM and GRU of up to 64 units,
+    // which stay on the packed kernels. From 13 rows (packed) or 64 (products) small cells
+    // split by batch rows.
     for (t, b) in [
         (1, 1),
         (7, 1),
@@ -93,8 +94,9 @@ fn threaded_forward_matches_one_thread() {
     for backend in Backend::available() {
         let mut split = Splits::default();
         with_backend(backend, || {
-            // Small steps stay on one thread (not worth another); 300 units split into parts.
-            for h in [1, 37, 300] {
+            // Small steps stay on one thread (not worth another); 300 units split into parts;
+            // 80 units take the product-then-epilogue path from 32 rows.
+            for h in [1, 37, 80, 300] {
                 let lstm =
                     DynLstm::<f32>::random(Dyn(5), Dyn(h), LstmKind::default(), true, 1).unwrap();
                 same_with_threads(&format!("{backend} lstm H={h}"), &lstm, &mut split);

@@ -344,6 +344,21 @@ pub(crate) fn part_units(part: crate::cell::Part, hidden: usize) -> std::ops::Ra
 const PACKED_MAX_ROWS: usize = 32;
 /// See [`PACKED_MAX_ROWS`].
 const PACKED_MIN_UNITS: usize = 256;
+/// LSTM and GRU steps of up to this many hidden units run the register-fused kernels at any
+/// row count: there the product-then-epilogue path pays a pass over scratch memory for little
+/// product (measured with `benches/ab.py`, B = 32 to 256: LSTM with 32 units 1.09-1.44x, GRU
+/// with 32 and 64 units 1.13-1.16x; with 128 units and more the fused kernels measured
+/// 0.93-1.04x, and SimpleRNN with 64 units 0.88x, so those keep the threshold).
+const FUSED_MAX_UNITS_ANY_ROWS: usize = 64;
+
+/// Whether a forward step of `rows` rows of a packed cell of `hidden` units and `gates` gates
+/// runs the register-fused kernels rather than the product for all rows and then the epilogue:
+/// see [`PACKED_MAX_ROWS`] and [`FUSED_MAX_UNITS_ANY_ROWS`].
+fn fuses(rows: usize, hidden: usize, gates: usize) -> bool {
+    rows < PACKED_MAX_ROWS
+        || hidden >= PACKED_MIN_UNITS
+        || (gates > 1 && hidden <= FUSED_MAX_UNITS_ANY_ROWS)
+}
 
 /// Contiguous row ranges, up to `parts` of them, that can each run a whole sequence of forward
 /// steps on their own while every row comes out bit-identical to a step over all `batch` rows,
@@ -363,7 +378,7 @@ pub(crate) fn row_parts(
 ) -> Option<Vec<std::ops::Range<usize>>> {
     let backend = active_backend();
     let simd = packable && backend != Backend::Scalar;
-    let packs = |rows: usize| simd && (rows < PACKED_MAX_ROWS || hidden >= PACKED_MIN_UNITS);
+    let packs = |rows: usize| simd && fuses(rows, hidden, gates);
     let path = |rows: usize| (packs(rows), rows <= SMALL_ROWS);
     // Steps without packed kernels run their products through matrixmultiply, which packs the
     // recurrent kernel into a buffer it allocates on every step; from this size a worker
@@ -431,17 +446,16 @@ fn split_rows<P: PartialEq>(
 }
 
 /// Runs `job` on the packed, register-fused kernels when they apply (an input projection with
-/// packed weights; a forward step, GRU reset-after only, not both many rows and few units: see
-/// [`PACKED_MAX_ROWS`]); otherwise hands it back.
+/// packed weights; a forward step, GRU reset-after only, where [`fuses`] says so); otherwise
+/// hands it back.
 #[inline(always)]
 fn run_packed<'a, S: simd::SimdF32, I: Dim, H: Dim>(
     s: S,
     job: Job<'a, f32, I, H>,
 ) -> Option<Job<'a, f32, I, H>> {
     use packed::{Fused, PackedStep};
-    let packs = |batch: usize, w: &RecurrentWeights<f32, I, H>| {
-        batch < PACKED_MAX_ROWS || w.hidden.value() >= PACKED_MIN_UNITS
-    };
+    let packs =
+        |batch: usize, w: &RecurrentWeights<f32, I, H>| fuses(batch, w.hidden.value(), w.gates);
     let (kind, w, st) = match job {
         Job::Project {
             x,
