@@ -28,11 +28,11 @@ pub(crate) fn with_threads<R>(threads: usize, f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// Raw pointers that may cross to scoped worker threads.
+/// Raw pointers that may cross to worker threads.
 #[derive(Clone, Copy)]
 struct SendPtrs<T>(*const T, *const T, *mut T);
 // SAFETY: only used to hand the read-only operands and disjoint blocks of one output of a
-// product to scoped threads that end before the borrows do (see `gemm`).
+// product to the jobs of one `workers::run`, which all end before it returns (see `gemm`).
 unsafe impl<T> Send for SendPtrs<T> {}
 // SAFETY: as above; shared copies only read the pointers themselves.
 unsafe impl<T> Sync for SendPtrs<T> {}
