@@ -146,6 +146,7 @@ impl Worker {
             let mut idle_since = Instant::now();
             spin_until(
                 || self.posted.load(Ordering::Acquire) != seen,
+                64,
                 || {
                     if idle_since.elapsed() > SPIN {
                         // The `unpark` that follows every post wakes this, or keeps it awake.
@@ -171,12 +172,12 @@ impl Worker {
     }
 }
 
-/// Spins until `done()`, calling `idle` instead every 64th check.
-fn spin_until(done: impl Fn() -> bool, mut idle: impl FnMut()) {
+/// Spins until `done()`, calling `idle` instead of spinning at every `every`-th check.
+pub(crate) fn spin_until(done: impl Fn() -> bool, every: u32, mut idle: impl FnMut()) {
     let mut spins = 0u32;
     while !done() {
         spins = spins.wrapping_add(1);
-        if spins.is_multiple_of(64) {
+        if spins.is_multiple_of(every) {
             idle();
         } else {
             std::hint::spin_loop();
@@ -204,6 +205,7 @@ fn dispatch(
         fn drop(&mut self) {
             spin_until(
                 || self.0.running.load(Ordering::Acquire) == 0,
+                64,
                 std::thread::yield_now,
             );
         }

@@ -420,8 +420,8 @@ struct SpinBarrier {
 }
 
 impl SpinBarrier {
-    /// Spins before each yield to the scheduler while waiting.
-    const SPINS: u32 = 1 << 10;
+    /// Checks of the generation per yield to the scheduler while waiting.
+    const CHECKS_PER_YIELD: u32 = 1 << 10;
 
     fn new(threads: usize) -> Self {
         Self {
@@ -440,15 +440,10 @@ impl SpinBarrier {
             self.generation.fetch_add(1, Ordering::Release);
             return;
         }
-        let mut spins = 0;
-        while self.generation.load(Ordering::Acquire) == generation {
-            if spins < Self::SPINS {
-                std::hint::spin_loop();
-                spins += 1;
-            } else {
-                std::thread::yield_now();
-                spins = 0;
-            }
-        }
+        workers::spin_until(
+            || self.generation.load(Ordering::Acquire) != generation,
+            Self::CHECKS_PER_YIELD,
+            std::thread::yield_now,
+        );
     }
 }
