@@ -209,10 +209,11 @@ impl Cell<f64> for WrongGradient {
         &self,
         batch: usize,
         states: &[f64],
+        tape: &[f64],
         d_proj: &[f64],
         grads: &mut [Vec<f64>],
     ) {
-        self.0.sequence_backward(batch, states, d_proj, grads)
+        self.0.sequence_backward(batch, states, tape, d_proj, grads)
     }
     fn project_backward(&self, x: &[f64], d_proj: &[f64], dx: &mut [f64], grads: &mut [Vec<f64>]) {
         self.0.project_backward(x, d_proj, dx, grads)

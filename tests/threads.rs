@@ -141,8 +141,8 @@ fn zero_threads_is_an_error() {
     assert_eq!(err, Error::Zero { arg: "threads" });
 }
 
-/// BPTT with `threads(n)` splits its products over all `T·B` rows, and for LSTM and SimpleRNN
-/// its reverse step loop by batch rows; every gradient stays bit-identical to one thread's.
+/// BPTT with `threads(n)` splits its products over all `T·B` rows, and for LSTM, SimpleRNN and
+/// the reset-after GRU its reverse step loop by batch rows; every gradient stays bit-identical to one thread's.
 /// Returns how many runs split the step loop by rows.
 fn bptt_same_with_threads<T: Real, C: Cell<T>>(name: &str, cell: &C) -> usize {
     let mut row_split = 0;
@@ -204,6 +204,12 @@ fn threaded_bptt_matches_one_thread() {
             split += bptt_same_with_threads(&format!("{backend} lstm f64"), &lstm);
             let gru = DynGru::<f32>::random(Dyn(64), Dyn(48), GruKind::default(), true, 2).unwrap();
             split += bptt_same_with_threads(&format!("{backend} gru f32"), &gru);
+            let kind = GruKind {
+                reset_after: false,
+                ..GruKind::default()
+            };
+            let gru_rb = DynGru::<f32>::random(Dyn(64), Dyn(48), kind, true, 2).unwrap();
+            split += bptt_same_with_threads(&format!("{backend} gru reset-before f32"), &gru_rb);
             let rnn =
                 DynSimpleRnn::<f32>::random(Dyn(64), Dyn(48), SimpleRnnKind::default(), true, 3)
                     .unwrap();
@@ -263,10 +269,11 @@ impl Cell<f32> for BadParts {
         &self,
         batch: usize,
         states: &[f32],
+        tape: &[f32],
         d_proj: &[f32],
         grads: &mut [Vec<f32>],
     ) {
-        self.0.sequence_backward(batch, states, d_proj, grads)
+        self.0.sequence_backward(batch, states, tape, d_proj, grads)
     }
     fn params(&self) -> Vec<fused_rnn::cell::Param<'_, f32>> {
         self.0.params()

@@ -80,7 +80,12 @@ impl<T: Real, I: Dim, H: Dim> Gru<T, I, H> {
         carry: cpu::Carry<'_, T>,
         grads: &mut [Vec<T>],
     ) {
-        let (d_rk, d_rb) = super::weights::recurrent_grads(grads);
+        // As in `step_backward`: the recurrent gradients may come in `sequence_backward`.
+        let (d_rk, d_rb) = if self.kind.recurrent_grad_in_sequence() {
+            (&mut [][..], &mut [][..])
+        } else {
+            super::weights::recurrent_grads(grads)
+        };
         cpu::dispatch(cpu::Job::GruBwd(
             &self.kind,
             &self.weights,
@@ -113,6 +118,12 @@ impl CellKind for GruKind {
     fn splittable(&self) -> bool {
         // Reset-before needs every unit's r before any candidate product: not tile-local.
         self.reset_after
+    }
+    fn recurrent_grad_in_sequence(&self) -> bool {
+        self.reset_after
+    }
+    fn recurrent_gate_scale(&self, h: usize) -> Option<(usize, usize)> {
+        self.reset_after.then_some((CANDIDATE, RESET * h))
     }
     fn step_forward<T: Real, I: Dim, H: Dim>(
         &self,

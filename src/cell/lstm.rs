@@ -68,7 +68,6 @@ impl Sealed for LstmKind {}
 
 impl CellKind for LstmKind {
     const GATES: usize = 4;
-    const RECURRENT_GRAD_FROM_PROJECTION: bool = true;
     const STATES: usize = 2;
     fn tape_width(&self, h: usize) -> usize {
         5 * h

@@ -224,11 +224,20 @@ pub trait Cell<T: Real>: Sync {
     }
     /// Called once after the reverse sweep of BPTT, before [`Cell::project_backward`], with
     /// every state snapshot `states [T + 1, S, B, H]` (snapshot `t` is the state before step
-    /// `t`, in processing order) and every step's projection gradient `d_proj [T, B, P]`: lets a
-    /// cell compute parameter gradients of the whole sequence as single matrix products rather
-    /// than one small update per step. Accumulates into `grads`.
-    fn sequence_backward(&self, batch: usize, states: &[T], d_proj: &[T], grads: &mut [Vec<T>]) {
-        let _ = (batch, states, d_proj, grads);
+    /// `t`, in processing order), every step's record `tape [T, B, W]` (as
+    /// [`Cell::step_forward`] wrote it, `W` = [`Cell::tape_width`]) and every step's projection
+    /// gradient `d_proj [T, B, P]`: lets a cell compute parameter gradients of the whole
+    /// sequence as single matrix products rather than one small update per step. Accumulates
+    /// into `grads`.
+    fn sequence_backward(
+        &self,
+        batch: usize,
+        states: &[T],
+        tape: &[T],
+        d_proj: &[T],
+        grads: &mut [Vec<T>],
+    ) {
+        let _ = (batch, states, tape, d_proj, grads);
     }
     /// The parameter tensors, in a fixed order.
     fn params(&self) -> Vec<Param<'_, T>>;

@@ -45,7 +45,6 @@ impl Sealed for SimpleRnnKind {}
 
 impl CellKind for SimpleRnnKind {
     const GATES: usize = 1;
-    const RECURRENT_GRAD_FROM_PROJECTION: bool = true;
     const STATES: usize = 1;
     fn tape_width(&self, _h: usize) -> usize {
         0

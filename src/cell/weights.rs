@@ -239,11 +239,23 @@ pub trait CellKind: Copy + Debug + Send + Sync + 'static + private::Sealed {
     fn splittable(&self) -> bool {
         true
     }
-    /// Whether the recurrent kernel's and bias's gradients are the projection gradients against
-    /// the previous output (`∂L/∂U = Σ_t h_{t−1}ᵀ · d_proj_t`): then BPTT computes them once for
-    /// the whole sequence, as one product, instead of step by step. True for LSTM and
-    /// SimpleRNN; not for GRU, whose candidate block sees `r` inside the recurrent term.
-    const RECURRENT_GRAD_FROM_PROJECTION: bool = false;
+    /// Whether the recurrent kernel's and bias's gradients follow from the projection
+    /// gradients, the previous outputs and the records alone (`∂L/∂U = Σ_t h_{t−1}ᵀ · d_rec_t`,
+    /// `d_rec` the projection gradient with [`CellKind::recurrent_gate_scale`] applied): then
+    /// BPTT computes them once for the whole sequence, as products over all `T·B` rows, instead
+    /// of step by step. True for LSTM, SimpleRNN and the reset-after GRU; not for the
+    /// reset-before GRU, whose candidate product reads `r ⊙ h_{t−1}`.
+    fn recurrent_grad_in_sequence(&self) -> bool {
+        true
+    }
+    /// A gate block whose recurrent term enters the pre-activation scaled by a recorded gate
+    /// (the reset-after GRU's candidate, `r ⊙ (h·U_n + b_n)`): `(block, offset of the scale in
+    /// a row's record)`, for hidden width `h`. The recurrent gradient of that block is the
+    /// projection gradient times the scale. `None` for the others.
+    fn recurrent_gate_scale(&self, h: usize) -> Option<(usize, usize)> {
+        let _ = h;
+        None
+    }
     /// Per-row scratch width for hidden width `h`.
     fn scratch_width(&self, h: usize) -> usize {
         Self::GATES * h
@@ -402,7 +414,7 @@ impl<T: Real, K: CellKind, I: Dim, H: Dim> Cell<T> for Recurrent<T, K, I, H> {
         batch: usize,
         parts: usize,
     ) -> Option<Vec<std::ops::Range<usize>>> {
-        if !K::RECURRENT_GRAD_FROM_PROJECTION {
+        if !self.kind.recurrent_grad_in_sequence() {
             return None;
         }
         cpu::backward_row_parts(batch, parts, T::packed_projection(&self.weights).is_some())
@@ -432,7 +444,7 @@ impl<T: Real, K: CellKind, I: Dim, H: Dim> Cell<T> for Recurrent<T, K, I, H> {
     }
 
     fn step_backward(&self, step: StepBackward<'_, T>, grads: &mut [Vec<T>]) {
-        if K::RECURRENT_GRAD_FROM_PROJECTION {
+        if self.kind.recurrent_grad_in_sequence() {
             // The recurrent gradients come in `sequence_backward`; the step only propagates.
             self.kind
                 .step_backward(&self.weights, step, &mut [], &mut []);
@@ -442,8 +454,15 @@ impl<T: Real, K: CellKind, I: Dim, H: Dim> Cell<T> for Recurrent<T, K, I, H> {
         self.kind.step_backward(&self.weights, step, d_rk, d_rb);
     }
 
-    fn sequence_backward(&self, batch: usize, states: &[T], d_proj: &[T], grads: &mut [Vec<T>]) {
-        if !K::RECURRENT_GRAD_FROM_PROJECTION {
+    fn sequence_backward(
+        &self,
+        batch: usize,
+        states: &[T],
+        tape: &[T],
+        d_proj: &[T],
+        grads: &mut [Vec<T>],
+    ) {
+        if !self.kind.recurrent_grad_in_sequence() {
             return;
         }
         let (h, p) = (self.hidden_size(), K::GATES * self.hidden_size());
@@ -455,16 +474,37 @@ impl<T: Real, K: CellKind, I: Dim, H: Dim> Cell<T> for Recurrent<T, K, I, H> {
             h_prev.extend_from_slice(&states[t * snapshot..t * snapshot + batch * h]);
         }
         let (d_rk, d_rb) = recurrent_grads(grads);
-        cpu::project_rows_backward(
-            self.weights.hidden,
-            &h_prev,
-            &self.weights.recurrent_kernel,
-            d_proj,
-            p,
-            &mut [],
-            d_rk,
-            d_rb,
-        );
+        let w = &self.weights;
+        let product =
+            |cols: std::ops::Range<usize>, d: &[T], ldd: usize, d_rk: &mut [T], d_rb: &mut [T]| {
+                cpu::project_cols_backward(
+                    w.hidden,
+                    &h_prev,
+                    &w.recurrent_kernel,
+                    p,
+                    cols,
+                    d,
+                    ldd,
+                    &mut [],
+                    d_rk,
+                    d_rb,
+                )
+            };
+        let Some((block, at)) = self.kind.recurrent_gate_scale(h) else {
+            product(0..p, d_proj, p, d_rk, d_rb);
+            return;
+        };
+        // The recurrent gradients of every row, `d_proj` with the scaled block multiplied in,
+        // for one product over all columns.
+        let tw = self.kind.tape_width(h);
+        let scaled = block * h..(block + 1) * h;
+        let mut d_rec = d_proj.to_vec();
+        for (d_row, t_row) in d_rec.chunks_exact_mut(p).zip(tape.chunks_exact(tw)) {
+            for (d, &s) in d_row[scaled.clone()].iter_mut().zip(&t_row[at..at + h]) {
+                *d *= s;
+            }
+        }
+        product(0..p, &d_rec, p, d_rk, d_rb);
     }
 
     fn project_backward(&self, x: &[T], d_proj: &[T], dx: &mut [T], grads: &mut [Vec<T>]) {
@@ -474,12 +514,15 @@ impl<T: Real, K: CellKind, I: Dim, H: Dim> Cell<T> for Recurrent<T, K, I, H> {
             Some(v) => v,
             None => &mut [],
         };
-        cpu::project_rows_backward(
+        let p = K::GATES * self.hidden_size();
+        cpu::project_cols_backward(
             w.input,
             x,
             &w.kernel,
+            p,
+            0..p,
             d_proj,
-            K::GATES * self.hidden_size(),
+            p,
             dx,
             &mut d_kernel[0],
             d_bias,

@@ -502,7 +502,8 @@ impl<T: Real, C: Cell<T> + ?Sized> Dir<'_, T, C> {
             }
         }
         if total > 0 {
-            self.cell.sequence_backward(1, &prev_rows, &d_proj, grads);
+            self.cell
+                .sequence_backward(1, &prev_rows, &cell_tape[..total * tw], &d_proj, grads);
             if p > 0 {
                 self.cell.project_backward(&xs, &d_proj, &mut dxs, grads);
             }

@@ -519,9 +519,16 @@ impl<T: Real> Cell<T> for AnyCell<T> {
     fn project_backward(&self, x: &[T], d_proj: &[T], dx: &mut [T], grads: &mut [Vec<T>]) {
         self.as_cell().project_backward(x, d_proj, dx, grads)
     }
-    fn sequence_backward(&self, batch: usize, states: &[T], d_proj: &[T], grads: &mut [Vec<T>]) {
+    fn sequence_backward(
+        &self,
+        batch: usize,
+        states: &[T],
+        tape: &[T],
+        d_proj: &[T],
+        grads: &mut [Vec<T>],
+    ) {
         self.as_cell()
-            .sequence_backward(batch, states, d_proj, grads)
+            .sequence_backward(batch, states, tape, d_proj, grads)
     }
     fn params(&self) -> Vec<Param<'_, T>> {
         self.as_cell().params()

@@ -346,7 +346,7 @@ pub fn bptt_into<T: Real, C: Cell<T> + ?Sized>(
     grads.d_initial_state.copy_from_slice(&d_initial);
     // The products over all T·B rows split across the spec's threads.
     crate::cpu::gemm::with_threads(spec.threads, || {
-        cell.sequence_backward(d.b, states, &d_proj, &mut grads.params);
+        cell.sequence_backward(d.b, states, cell_tape, &d_proj, &mut grads.params);
         if d.p > 0 {
             cell.project_backward(&xs, &d_proj, &mut dxs, &mut grads.params);
         }
