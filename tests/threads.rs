@@ -142,10 +142,11 @@ fn zero_threads_is_an_error() {
 }
 
 /// BPTT with `threads(n)` splits its products over all `T·B` rows, and for LSTM, SimpleRNN and
-/// the reset-after GRU its reverse step loop by batch rows; every gradient stays bit-identical to one thread's.
-/// Returns how many runs split the step loop by rows.
-fn bptt_same_with_threads<T: Real, C: Cell<T>>(name: &str, cell: &C) -> usize {
-    let mut row_split = 0;
+/// the reset-after GRU its reverse step loop by batch rows, or else by hidden units; every
+/// gradient stays bit-identical to one thread's. Returns how many runs split the step loop by
+/// rows and by units.
+fn bptt_same_with_threads<T: Real, C: Cell<T>>(name: &str, cell: &C) -> (usize, usize) {
+    let (mut row_split, mut unit_split) = (0, 0);
     // 32 rows of 64 inputs over 24 steps: the products are large enough to be split; 36 rows
     // split into parts of 16 and 20 (at the kernels' row blocks), 3 rows stay whole.
     for (b, layout, go_backwards, return_sequences, with_d_final) in [
@@ -180,7 +181,9 @@ fn bptt_same_with_threads<T: Real, C: Cell<T>>(name: &str, cell: &C) -> usize {
         };
         let one = bits(&seq::bptt(cell, &spec, &x, None, &tape, &dy, d_final).unwrap());
         for threads in [2, 3] {
-            row_split += usize::from(cell.backward_row_parts(b, threads).is_some());
+            let by_rows = cell.backward_row_parts(b, threads).is_some();
+            row_split += usize::from(by_rows);
+            unit_split += usize::from(!by_rows && cell.backward_unit_parts(b, threads) > 1);
             let spec_n = spec.threads(threads);
             let many = seq::bptt(cell, &spec_n, &x, None, &tape, &dy, d_final).unwrap();
             assert!(
@@ -189,36 +192,47 @@ fn bptt_same_with_threads<T: Real, C: Cell<T>>(name: &str, cell: &C) -> usize {
             );
         }
     }
-    row_split
+    (row_split, unit_split)
 }
 
 #[test]
 fn threaded_bptt_matches_one_thread() {
     for backend in Backend::available() {
-        let row_split = with_backend(backend, || {
-            let lstm =
-                DynLstm::<f32>::random(Dyn(64), Dyn(48), LstmKind::default(), true, 1).unwrap();
-            let mut split = bptt_same_with_threads(&format!("{backend} lstm f32"), &lstm);
-            let lstm =
-                DynLstm::<f64>::random(Dyn(64), Dyn(48), LstmKind::default(), true, 1).unwrap();
-            split += bptt_same_with_threads(&format!("{backend} lstm f64"), &lstm);
-            let gru = DynGru::<f32>::random(Dyn(64), Dyn(48), GruKind::default(), true, 2).unwrap();
-            split += bptt_same_with_threads(&format!("{backend} gru f32"), &gru);
-            let kind = GruKind {
-                reset_after: false,
-                ..GruKind::default()
-            };
-            let gru_rb = DynGru::<f32>::random(Dyn(64), Dyn(48), kind, true, 2).unwrap();
-            split += bptt_same_with_threads(&format!("{backend} gru reset-before f32"), &gru_rb);
-            let rnn =
-                DynSimpleRnn::<f32>::random(Dyn(64), Dyn(48), SimpleRnnKind::default(), true, 3)
-                    .unwrap();
-            split + bptt_same_with_threads(&format!("{backend} rnn f32"), &rnn)
-        })
-        .unwrap();
-        println!("{backend}: {row_split} BPTT runs split by rows");
-        assert!(row_split > 0, "{backend}: no BPTT run was split by rows");
+        // 48 units: the reverse loop splits by rows where the batch allows, never by units.
+        let (rows, _) = with_backend(backend, || bptt_cells(48, 48)).unwrap();
+        println!("{backend}: {rows} BPTT runs split by rows");
+        assert!(rows > 0, "{backend}: no BPTT run was split by rows");
+        // 128 units (SimpleRNN 256): 3 rows are enough work to split by units.
+        let (_, units) = with_backend(backend, || bptt_cells(128, 256)).unwrap();
+        println!("{backend}: {units} BPTT runs split by units");
+        assert!(units > 0, "{backend}: no BPTT run was split by units");
     }
+}
+
+/// [`bptt_same_with_threads`] on LSTM (`f32` and `f64`), both GRU variants and SimpleRNN of
+/// `h` units (SimpleRNN `h_rnn`); the summed split counts.
+fn bptt_cells(h: usize, h_rnn: usize) -> (usize, usize) {
+    let mut split = (0, 0);
+    let mut add = |(r, u): (usize, usize)| {
+        split.0 += r;
+        split.1 += u;
+    };
+    let lstm = DynLstm::<f32>::random(Dyn(64), Dyn(h), LstmKind::default(), true, 1).unwrap();
+    add(bptt_same_with_threads("lstm f32", &lstm));
+    let lstm = DynLstm::<f64>::random(Dyn(64), Dyn(h), LstmKind::default(), true, 1).unwrap();
+    add(bptt_same_with_threads("lstm f64", &lstm));
+    let gru = DynGru::<f32>::random(Dyn(64), Dyn(h), GruKind::default(), true, 2).unwrap();
+    add(bptt_same_with_threads("gru f32", &gru));
+    let kind = GruKind {
+        reset_after: false,
+        ..GruKind::default()
+    };
+    let gru_rb = DynGru::<f32>::random(Dyn(64), Dyn(h), kind, true, 2).unwrap();
+    add(bptt_same_with_threads("gru reset-before f32", &gru_rb));
+    let kind = SimpleRnnKind::default();
+    let rnn = DynSimpleRnn::<f32>::random(Dyn(64), Dyn(h_rnn), kind, true, 3).unwrap();
+    add(bptt_same_with_threads("rnn f32", &rnn));
+    split
 }
 
 /// A cell that delegates to an LSTM but answers `row_parts` and `backward_row_parts` with

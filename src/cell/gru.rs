@@ -148,4 +148,12 @@ impl CellKind for GruKind {
             None,
         ));
     }
+    fn step_backward_gates<T: Real, I: Dim, H: Dim>(
+        &self,
+        w: &RecurrentWeights<T, I, H>,
+        step: StepBackward<'_, T>,
+        units: std::ops::Range<usize>,
+    ) {
+        cpu::dispatch(cpu::Job::GruBwdGates(self, w, step, units));
+    }
 }

@@ -195,6 +195,32 @@ pub trait Cell<T: Real>: Sync {
         let _ = (batch, parts);
         None
     }
+    /// How many parts by hidden units, up to `parts`, the reverse step loop of backpropagation
+    /// may split each step of `batch` rows into, when [`Cell::backward_row_parts`] gives no
+    /// rows: per step, every part runs [`Cell::step_backward_gates`], the parts meet at one
+    /// barrier, then every part runs [`Cell::step_backward_recurrent`]. 1 (the default) to never
+    /// split. A cell that answers more promises what [`Cell::backward_row_parts`] does of its
+    /// backward steps (no parameter gradient per step), that it reads `x` only through its
+    /// projection (the split steps get an empty `dx`), and that every result is bit-identical
+    /// to [`Cell::step_backward`]'s.
+    fn backward_unit_parts(&self, batch: usize, parts: usize) -> usize {
+        let _ = (batch, parts);
+        1
+    }
+    /// The gate half of a backward step split by hidden units (see
+    /// [`Cell::backward_unit_parts`]): from `step.d_next` at the units of `part`
+    /// ([`Cell::part_units`]; the others hold unspecified values), writes those units' columns
+    /// of every gate block of `step.d_proj` and those units of `step.d_state` but for the
+    /// recurrent product's share, which [`Cell::step_backward_recurrent`] adds.
+    fn step_backward_gates(&self, step: StepBackward<'_, T>, part: Part) {
+        let _ = (step, part);
+    }
+    /// The recurrent half of a backward step split by hidden units: with `step.d_proj`
+    /// complete (every part's gate half written), adds the recurrent product's share of the
+    /// state gradient into `step.d_state` at the units of `part`.
+    fn step_backward_recurrent(&self, step: StepBackward<'_, T>, part: Part) {
+        let _ = (step, part);
+    }
     /// The hidden units a [`Part`] computes (all `0..H` for [`Part::WHOLE`]).
     fn part_units(&self, part: Part) -> std::ops::Range<usize> {
         part.range(self.hidden_size())

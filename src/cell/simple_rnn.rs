@@ -71,4 +71,12 @@ impl CellKind for SimpleRnnKind {
             d_recurrent_bias,
         ));
     }
+    fn step_backward_gates<T: Real, I: Dim, H: Dim>(
+        &self,
+        w: &RecurrentWeights<T, I, H>,
+        step: StepBackward<'_, T>,
+        units: std::ops::Range<usize>,
+    ) {
+        cpu::dispatch(cpu::Job::RnnBwdGates(self, w, step, units));
+    }
 }

@@ -275,6 +275,14 @@ pub trait CellKind: Copy + Debug + Send + Sync + 'static + private::Sealed {
         d_recurrent_kernel: &mut [T],
         d_recurrent_bias: &mut [T],
     );
+    /// The gate half of a backward step for the hidden units `units`: see
+    /// [`Cell::step_backward_gates`].
+    fn step_backward_gates<T: Real, I: Dim, H: Dim>(
+        &self,
+        w: &RecurrentWeights<T, I, H>,
+        step: StepBackward<'_, T>,
+        units: std::ops::Range<usize>,
+    );
 }
 
 /// `v` as `f32`, for the packed `f32` kernels' copies of the weights.
@@ -350,6 +358,22 @@ impl<T: Real, K: CellKind, I: Dim, H: Dim> Recurrent<T, K, I, H> {
     pub fn kind(&self) -> &K {
         &self.kind
     }
+
+    /// Multiplies the gate block that enters scaled (`(block, offset)`, see
+    /// [`CellKind::recurrent_gate_scale`]) of every row of `d [N, G·H]` by its scale in the
+    /// row's record (`tape [N, tape_width]`).
+    fn scale_recurrent_block(&self, (block, at): (usize, usize), d: &mut [T], tape: &[T]) {
+        let h = self.hidden_size();
+        let tw = self.kind.tape_width(h);
+        for (row, t_row) in d.chunks_exact_mut(K::GATES * h).zip(tape.chunks_exact(tw)) {
+            for (v, &s) in row[block * h..(block + 1) * h]
+                .iter_mut()
+                .zip(&t_row[at..at + h])
+            {
+                *v *= s;
+            }
+        }
+    }
 }
 
 impl<T: Real, K: CellKind, I: Dim, H: Dim> Cell<T> for Recurrent<T, K, I, H> {
@@ -418,6 +442,39 @@ impl<T: Real, K: CellKind, I: Dim, H: Dim> Cell<T> for Recurrent<T, K, I, H> {
             return None;
         }
         cpu::backward_row_parts(batch, parts, T::packed_projection(&self.weights).is_some())
+    }
+
+    fn backward_unit_parts(&self, batch: usize, parts: usize) -> usize {
+        if !self.kind.recurrent_grad_in_sequence() {
+            return 1;
+        }
+        self.max_parts(batch).min(parts).max(1)
+    }
+
+    fn step_backward_gates(&self, step: StepBackward<'_, T>, part: Part) {
+        self.kind
+            .step_backward_gates(&self.weights, step, self.part_units(part));
+    }
+
+    fn step_backward_recurrent(&self, step: StepBackward<'_, T>, part: Part) {
+        let (h, b) = (self.hidden_size(), step.batch);
+        let gh = K::GATES * h;
+        let d_rec: &[T] = match self.kind.recurrent_gate_scale(h) {
+            None => step.d_proj,
+            Some(scale) => {
+                let d_rec = &mut step.scratch[..b * gh];
+                d_rec.copy_from_slice(&step.d_proj[..b * gh]);
+                self.scale_recurrent_block(scale, d_rec, step.tape);
+                d_rec
+            }
+        };
+        cpu::recurrent_grad_units(
+            &self.weights,
+            b,
+            d_rec,
+            &mut step.d_state[..b * h],
+            self.part_units(part),
+        );
     }
 
     fn project_inputs(&self, x: &[T], proj: &mut [T]) {
@@ -490,20 +547,14 @@ impl<T: Real, K: CellKind, I: Dim, H: Dim> Cell<T> for Recurrent<T, K, I, H> {
                     d_rb,
                 )
             };
-        let Some((block, at)) = self.kind.recurrent_gate_scale(h) else {
+        let Some(scale) = self.kind.recurrent_gate_scale(h) else {
             product(0..p, d_proj, p, d_rk, d_rb);
             return;
         };
         // The recurrent gradients of every row, `d_proj` with the scaled block multiplied in,
         // for one product over all columns.
-        let tw = self.kind.tape_width(h);
-        let scaled = block * h..(block + 1) * h;
         let mut d_rec = d_proj.to_vec();
-        for (d_row, t_row) in d_rec.chunks_exact_mut(p).zip(tape.chunks_exact(tw)) {
-            for (d, &s) in d_row[scaled.clone()].iter_mut().zip(&t_row[at..at + h]) {
-                *d *= s;
-            }
-        }
+        self.scale_recurrent_block(scale, &mut d_rec, tape);
         product(0..p, &d_rec, p, d_rk, d_rb);
     }
 

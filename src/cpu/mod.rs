@@ -32,6 +32,7 @@ pub(crate) mod simd;
 pub(crate) mod step;
 
 use std::cell::Cell as StdCell;
+use std::ops::Range;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -247,6 +248,37 @@ pub enum Job<'a, T, I: Dim, H: Dim> {
         &'a mut [T],
         Option<Carry<'a, T>>,
     ),
+    /// The gate halves of backward steps split by hidden units (the units given): see
+    /// [`crate::cell::Cell::step_backward_gates`].
+    RnnBwdGates(
+        &'a SimpleRnnKind,
+        &'a RecurrentWeights<T, I, H>,
+        StepBackward<'a, T>,
+        Range<usize>,
+    ),
+    /// See [`Job::RnnBwdGates`].
+    LstmBwdGates(
+        &'a LstmKind,
+        &'a RecurrentWeights<T, I, H>,
+        StepBackward<'a, T>,
+        Range<usize>,
+    ),
+    /// See [`Job::RnnBwdGates`].
+    GruBwdGates(
+        &'a GruKind,
+        &'a RecurrentWeights<T, I, H>,
+        StepBackward<'a, T>,
+        Range<usize>,
+    ),
+    /// The recurrent half of a backward step split by hidden units: see
+    /// [`recurrent_grad_units`].
+    RecurrentGrad {
+        w: &'a RecurrentWeights<T, I, H>,
+        batch: usize,
+        d: &'a [T],
+        dh: &'a mut [T],
+        units: Range<usize>,
+    },
 }
 
 /// The state a GRU step's update `z ⊙ h + (1 − z) ⊙ h̃` blended, where it differs from the
@@ -295,6 +327,16 @@ impl<T: Real, I: Dim, H: Dim> Job<'_, T, I, H> {
             Job::LstmBwd(k, w, s, rk, rb) => step::lstm_bwd(ops, k, w, s, rk, rb),
             Job::GruFwd(k, w, s) => step::gru_fwd(ops, k, w, s),
             Job::GruBwd(k, w, s, rk, rb, c) => step::gru_bwd(ops, k, w, s, rk, rb, c),
+            Job::RnnBwdGates(k, w, mut s, u) => step::simple_rnn_bwd_gates(k, w, &mut s, u),
+            Job::LstmBwdGates(k, w, mut s, u) => step::lstm_bwd_gates(k, w, &mut s, u),
+            Job::GruBwdGates(k, w, mut s, u) => step::gru_bwd_gates(k, w, &mut s, u, &mut None),
+            Job::RecurrentGrad {
+                w,
+                batch,
+                d,
+                dh,
+                units,
+            } => step::recurrent_grad_units(ops, w, batch, d, dh, units),
         }
     }
 }
@@ -573,6 +615,25 @@ pub(crate) fn project_rows_bf16(
     proj: &mut [f32],
 ) -> bool {
     active_backend() == Backend::Avx512 && packed::project_bf16(packed, x, proj)
+}
+
+/// `dh[b, u] += d[b, :] · recurrent_kernel[u, :]ᵀ` for every row `b < batch` and state unit
+/// `u` in `units` (a [`part_units`] range): the recurrent half of a backward step split by
+/// hidden units, `d [B, G·H]` the gradients of the recurrent terms, `dh [B, H]`.
+pub(crate) fn recurrent_grad_units<T: Real, I: Dim, H: Dim>(
+    w: &RecurrentWeights<T, I, H>,
+    batch: usize,
+    d: &[T],
+    dh: &mut [T],
+    units: std::ops::Range<usize>,
+) {
+    dispatch(Job::RecurrentGrad {
+        w,
+        batch,
+        d,
+        dh,
+        units,
+    });
 }
 
 /// Backward of [`project_rows`] for columns `cols` of its `p`: with `d [N, cols.len()]` (rows

@@ -22,8 +22,9 @@ pub trait RowOps<T: Real>: Copy {
     fn ger_acc<K: Dim>(self, rows: K, v: &[T], d: &[T], w: &mut [T], ld: usize);
     /// `x[j] = act(x[j])`.
     fn activate(self, act: Activation, x: &mut [T]);
-    /// `dh[b, :] += d[b, :] · recurrent_kernelᵀ` over all `G·H` columns for rows `b < batch`
-    /// (`d` rows `G·H` apart, `dh` rows `H` apart) on kernels of this backend's own, returning
+    /// `dh[b, u] += d[b, :] · recurrent_kernel[u, :]ᵀ` over all `G·H` columns for rows
+    /// `b < batch` and the state units `u` in `units` (whole tiles of [`packed::TILE_UNITS`]; `d`
+    /// rows `G·H` apart, `dh` rows `H` apart) on kernels of this backend's own, returning
     /// `false` when it has none (the caller then runs the product).
     #[inline(always)]
     fn recurrent_grad<I: Dim, H: Dim>(
@@ -32,6 +33,7 @@ pub trait RowOps<T: Real>: Copy {
         _batch: usize,
         _d: &[T],
         _dh: &mut [T],
+        _units: std::ops::Range<usize>,
     ) -> bool {
         false
     }
@@ -175,12 +177,13 @@ impl<S: SimdF32> RowOps<f32> for SimdOps<S> {
         batch: usize,
         d: &[f32],
         dh: &mut [f32],
+        units: std::ops::Range<usize>,
     ) -> bool {
         let s = self.0;
         let p = w.packed();
         s.vectorize(
             #[inline(always)]
-            || packed::recurrent_grad(s, p, batch, d, dh),
+            || packed::recurrent_grad(s, p, batch, d, dh, units),
         );
         true
     }

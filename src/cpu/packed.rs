@@ -683,9 +683,10 @@ fn simple_rnn_fwd<S: SimdF32, E: PanelElem>(
     );
 }
 
-/// The recurrent part of a backward step: `dh[b, :] += d[b, :] · recurrent_kernelᵀ` for rows
-/// `b < batch`, `d [B, G·H]` holding the gradients of the recurrent pre-activations and
-/// `dh [B, H]` the state gradients.
+/// The recurrent part of a backward step: `dh[b, u] += d[b, :] · recurrent_kernel[u, :]ᵀ` for
+/// rows `b < batch` and state units `u` in `units` (whole tiles, the last one possibly short
+/// at `H`), `d [B, G·H]` holding the gradients of the recurrent pre-activations and `dh
+/// [B, H]` the state gradients.
 ///
 /// The transposed kernel is packed like the forward one, with the `G·H` columns as the
 /// reduction: tiles of 16 state units outer, row blocks inner, as in the forward step.
@@ -696,12 +697,17 @@ pub(crate) fn recurrent_grad<S: SimdF32>(
     batch: usize,
     d: &[f32],
     dh: &mut [f32],
+    units: std::ops::Range<usize>,
 ) {
     let (h, gh) = (p.hidden, p.gates() * p.hidden);
     assert!(d.len() >= batch * gh && dh.len() >= batch * h);
+    assert!(
+        units.start.is_multiple_of(TILE_UNITS) && units.end <= h,
+        "units not whole tiles"
+    );
     let panels = p.transposed();
     let block = grad_row_block(S::LANES);
-    for tile in 0..p.tiles() {
+    for tile in units.start / TILE_UNITS..units.end.div_ceil(TILE_UNITS) {
         let panel = &panels[tile * gh * TILE_UNITS..(tile + 1) * gh * TILE_UNITS];
         let lanes = Lanes {
             u0: tile * TILE_UNITS,

@@ -14,7 +14,7 @@ use crate::cell::gru::{CANDIDATE, GruKind, RESET, UPDATE};
 use crate::cell::lstm::LstmKind;
 use crate::cell::simple_rnn::SimpleRnnKind;
 use crate::cell::{RecurrentWeights, StepBackward, StepForward, step_row};
-use crate::dim::Dim;
+use crate::dim::{Dim, Dyn};
 use crate::real::Real;
 use std::ops::Range;
 
@@ -194,7 +194,7 @@ fn recurrent_backward<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
     let gh = w.gates * w.hidden.value();
     let rk = &w.recurrent_kernel;
     let whole = col0 == 0 && n == gh && ldd == gh && ldh == w.hidden.value();
-    let dh = if whole && !dh.is_empty() && ops.recurrent_grad(w, batch, d, dh) {
+    let dh = if whole && !dh.is_empty() && ops.recurrent_grad(w, batch, d, dh, 0..ldh) {
         &mut []
     } else {
         dh
@@ -205,6 +205,40 @@ fn recurrent_backward<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
     if !d_rb.is_empty() {
         sum_rows_into(&mut d_rb[col0..col0 + n], &d[..(batch - 1) * ldd + n], ldd);
     }
+}
+
+/// The recurrent half of a backward step split by hidden units: `dh[b, u] += d[b, :] ·
+/// recurrent_kernel[u, :]ᵀ` for every row `b < batch` and state unit `u` in `units`
+/// (`d [B, G·H]` the gradients of the recurrent terms, `dh [B, H]`).
+#[inline(always)]
+pub(crate) fn recurrent_grad_units<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
+    ops: O,
+    w: &RecurrentWeights<T, I, H>,
+    batch: usize,
+    d: &[T],
+    dh: &mut [T],
+    units: Range<usize>,
+) {
+    let (h, gh) = (w.hidden.value(), w.gates * w.hidden.value());
+    if ops.recurrent_grad(w, batch, d, dh, units.clone()) {
+        return;
+    }
+    // Rows `units` of the kernel, as a kernel of `units.len()` inputs.
+    product_rows_backward(
+        ops,
+        Dyn(units.len()),
+        batch,
+        &[],
+        h,
+        &w.recurrent_kernel[units.start * gh..],
+        gh,
+        0,
+        d,
+        gh,
+        gh,
+        &mut dh[units.start..],
+        &mut [],
+    );
 }
 
 /// `a[j] += b[j]`.
@@ -282,27 +316,43 @@ pub(crate) fn simple_rnn_bwd<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
     ops: O,
     kind: &SimpleRnnKind,
     w: &RecurrentWeights<T, I, H>,
-    s: StepBackward<'_, T>,
+    mut s: StepBackward<'_, T>,
     d_rk: &mut [T],
     d_rb: &mut [T],
 ) {
     let (h, b) = (w.hidden.value(), s.batch);
-    let d = &mut s.d_proj[..b * h];
-    // tanh gets a copy of the loop with its derivative inlined, which the compiler vectorises.
-    if kind.activation == Activation::Tanh {
-        scale_by_derivative(|y: T| T::ONE - y * y, s.d_next, s.next, d);
-    } else {
-        scale_by_derivative(
-            |y| kind.activation.derivative_from_output(y),
-            s.d_next,
-            s.next,
-            d,
-        );
-    }
-    s.d_state.fill(T::ZERO);
+    simple_rnn_bwd_gates(kind, w, &mut s, 0..h);
     recurrent_backward(
         ops, w, b, s.state, h, 0, h, s.d_proj, h, s.d_state, d_rk, d_rb,
     );
+}
+
+/// The gate half of a SimpleRNN backward step for the hidden units `u`: their columns of
+/// `d_proj`, and zeros at them in `d_state` (which only the recurrent product feeds).
+#[inline(always)]
+pub(crate) fn simple_rnn_bwd_gates<T: Real, I: Dim, H: Dim>(
+    kind: &SimpleRnnKind,
+    w: &RecurrentWeights<T, I, H>,
+    s: &mut StepBackward<'_, T>,
+    u: Range<usize>,
+) {
+    let h = w.hidden.value();
+    for b in 0..s.batch {
+        let cols = b * h + u.start..b * h + u.end;
+        let (dy, y, d) = (
+            &s.d_next[cols.clone()],
+            &s.next[cols.clone()],
+            &mut s.d_proj[cols.clone()],
+        );
+        // tanh gets a copy of the loop with its derivative inlined, which the compiler
+        // vectorises.
+        if kind.activation == Activation::Tanh {
+            scale_by_derivative(|y: T| T::ONE - y * y, dy, y, d);
+        } else {
+            scale_by_derivative(|y| kind.activation.derivative_from_output(y), dy, y, d);
+        }
+        s.d_state[cols].fill(T::ZERO);
+    }
 }
 
 #[inline(always)]
@@ -358,15 +408,44 @@ pub(crate) fn lstm_bwd<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
     ops: O,
     kind: &LstmKind,
     w: &RecurrentWeights<T, I, H>,
-    s: StepBackward<'_, T>,
+    mut s: StepBackward<'_, T>,
     d_rk: &mut [T],
     d_rb: &mut [T],
+) {
+    let h = w.hidden.value();
+    lstm_bwd_gates(kind, w, &mut s, 0..h);
+    let bh = s.batch * h;
+    recurrent_backward(
+        ops,
+        w,
+        s.batch,
+        &s.state[..bh],
+        h,
+        0,
+        4 * h,
+        s.d_proj,
+        4 * h,
+        &mut s.d_state[..bh],
+        d_rk,
+        d_rb,
+    );
+}
+
+/// The gate half of an LSTM backward step for the hidden units `u`: their columns of every
+/// gate block of `d_proj`, their `dc_prev`, and zeros at them in `dh_prev` (which only the
+/// recurrent product feeds).
+#[inline(always)]
+pub(crate) fn lstm_bwd_gates<T: Real, I: Dim, H: Dim>(
+    kind: &LstmKind,
+    w: &RecurrentWeights<T, I, H>,
+    s: &mut StepBackward<'_, T>,
+    u: Range<usize>,
 ) {
     let h = w.hidden.value();
     let gh = 4 * h;
     let bh = s.batch * h;
     let (ra, a) = (kind.recurrent_activation, kind.activation);
-    let (h_prev, c_prev) = s.state.split_at(bh);
+    let c_prev = &s.state[bh..];
     let (dh_next, dc_next) = s.d_next.split_at(bh);
     let (dh_prev, dc_prev) = s.d_state.split_at_mut(bh);
     for b in 0..s.batch {
@@ -377,24 +456,24 @@ pub(crate) fn lstm_bwd<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
             &dc_next[rows.clone()],
             &c_prev[rows.clone()],
         );
-        let (da, dcp) = (&mut s.d_proj[b * gh..(b + 1) * gh], &mut dc_prev[rows]);
+        let (da, dcp) = (
+            &mut s.d_proj[b * gh..(b + 1) * gh],
+            &mut dc_prev[rows.clone()],
+        );
         // The default activations get a copy of the loop with their derivatives inlined, which
         // the compiler vectorises; the others keep the per-element match.
         if (ra, a) == (Activation::Sigmoid, Activation::Tanh) {
             let (d_sig, d_tanh) = (|y: T| y * (T::ONE - y), |y: T| T::ONE - y * y);
-            lstm_grad_row(d_sig, d_tanh, tape, dh, dc, cp, da, dcp);
+            lstm_grad_row(d_sig, d_tanh, &u, tape, dh, dc, cp, da, dcp);
         } else {
             let (d_ra, d_act) = (
                 |y| ra.derivative_from_output(y),
                 |y| a.derivative_from_output(y),
             );
-            lstm_grad_row(d_ra, d_act, tape, dh, dc, cp, da, dcp);
+            lstm_grad_row(d_ra, d_act, &u, tape, dh, dc, cp, da, dcp);
         }
+        dh_prev[rows.start + u.start..rows.start + u.end].fill(T::ZERO);
     }
-    dh_prev.fill(T::ZERO);
-    recurrent_backward(
-        ops, w, s.batch, h_prev, h, 0, gh, s.d_proj, gh, dh_prev, d_rk, d_rb,
-    );
 }
 
 /// One batch row of the GRU backward gate step, the part both variants share: from the
@@ -454,10 +533,10 @@ fn scale_by_derivative<T: Real>(d_act: impl Fn(T) -> T, dy: &[T], y: &[T], d: &m
     }
 }
 
-/// One batch row of the LSTM backward gate step: `tape` the row's record `[i, f, c̃, o,
-/// act(c)]` (`5·H`), `dh`, `dc`, `c_prev`, `dc_prev` `[H]`, `da` the pre-activation gradients
-/// `[4·H]`; `d_ra` and `d_act` the derivatives of the gate and cell activations from their
-/// outputs.
+/// One batch row of the LSTM backward gate step at the hidden units `u`: `tape` the row's
+/// record `[i, f, c̃, o, act(c)]` (`5·H`), `dh`, `dc`, `c_prev`, `dc_prev` `[H]`, `da` the
+/// pre-activation gradients `[4·H]`; `d_ra` and `d_act` the derivatives of the gate and cell
+/// activations from their outputs.
 ///
 /// The rows arrive as separate arguments so that the compiler knows they do not overlap and
 /// vectorises the loop.
@@ -466,6 +545,7 @@ fn scale_by_derivative<T: Real>(d_act: impl Fn(T) -> T, dy: &[T], y: &[T], d: &m
 fn lstm_grad_row<T: Real>(
     d_ra: impl Fn(T) -> T,
     d_act: impl Fn(T) -> T,
+    u: &Range<usize>,
     tape: &[T],
     dh: &[T],
     dc: &[T],
@@ -474,13 +554,20 @@ fn lstm_grad_row<T: Real>(
     dc_prev: &mut [T],
 ) {
     let h = dh.len();
-    let t = |k: usize| &tape[k * h..(k + 1) * h];
+    let n = u.len();
+    let t = |k: usize| &tape[k * h + u.start..k * h + u.end];
     let (ti, tf, tg, to, tc) = (t(0), t(1), t(2), t(3), t(4));
     let (dai, rest) = da.split_at_mut(h);
     let (daf, rest) = rest.split_at_mut(h);
     let (dag, dao) = rest.split_at_mut(h);
-    let (dc, cp, dcp, dao) = (&dc[..h], &c_prev[..h], &mut dc_prev[..h], &mut dao[..h]);
-    for j in 0..h {
+    let [dai, daf, dag, dao] = [dai, daf, dag, dao].map(|v| &mut v[u.start..u.end]);
+    let (dh, dc, cp, dcp) = (
+        &dh[u.start..u.end],
+        &dc[u.start..u.end],
+        &c_prev[u.start..u.end],
+        &mut dc_prev[u.start..u.end],
+    );
+    for j in 0..n {
         let (i, f, g, o, act_c) = (ti[j], tf[j], tg[j], to[j], tc[j]);
         let dc = dc[j] + dh[j] * o * d_act(act_c);
         dai[j] = dc * g * d_ra(i);
@@ -560,22 +647,22 @@ pub(crate) fn gru_fwd<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
     }
 }
 
+/// The gate half of a GRU backward step for the hidden units `u` (all of them for
+/// reset-before): their columns of the update and candidate blocks of `d_proj`, and for
+/// reset-after of the reset block and of the candidate block of the recurrent terms' gradients
+/// (scratch rows `[B, 3H]`); their `d_state` through the update (`carry`: see [`gru_bwd`]).
 #[inline(always)]
-pub(crate) fn gru_bwd<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
-    ops: O,
+pub(crate) fn gru_bwd_gates<T: Real, I: Dim, H: Dim>(
     kind: &GruKind,
     w: &RecurrentWeights<T, I, H>,
-    s: StepBackward<'_, T>,
-    d_rk: &mut [T],
-    d_rb: &mut [T],
-    mut carry: Option<Carry<'_, T>>,
+    s: &mut StepBackward<'_, T>,
+    u: Range<usize>,
+    carry: &mut Option<Carry<'_, T>>,
 ) {
     let h = w.hidden.value();
-    let (gh, tw) = (3 * h, kind.tape_width_rows(h));
+    let (gh, tw, n) = (3 * h, kind.tape_width_rows(h), u.len());
     let (ra, act) = (kind.recurrent_activation, kind.activation);
-    // Scratch: rows [B, 3H] of gradients of the recurrent terms, then rows [B, H] for r ⊙ h_prev
-    // and its gradient.
-    let (d_rec, rh) = s.scratch.split_at_mut(s.batch * gh);
+    let d_rec = &mut s.scratch[..s.batch * gh];
     let da = &mut *s.d_proj;
     // The default activations get copies of the loops with their derivatives inlined, which
     // the compiler vectorises; the others keep the per-element match.
@@ -585,13 +672,15 @@ pub(crate) fn gru_bwd<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
         |y| ra.derivative_from_output(y),
         |y| act.derivative_from_output(y),
     );
+    // Offset `k·H` of a row, at the units.
+    let at = |k: usize| k * h + u.start;
     for b in 0..s.batch {
         let t = &s.tape[b * tw..(b + 1) * tw];
-        let rows = b * h..(b + 1) * h;
+        let rows = b * h + u.start..b * h + u.end;
         let dh = &s.d_next[rows.clone()];
         // The update's previous state, and where its gradient goes: with a carry, d_state
-        // collects only the products' share (added below).
-        let (h_prev, ds): (&[T], &mut [T]) = match &mut carry {
+        // collects only the products' share (added by the caller).
+        let (h_prev, ds): (&[T], &mut [T]) = match carry {
             Some(c) => {
                 s.d_state[rows.clone()].fill(T::ZERO);
                 (&c.h[rows.clone()], &mut c.d_h[rows])
@@ -600,29 +689,47 @@ pub(crate) fn gru_bwd<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
         };
         let row = &mut da[b * gh..(b + 1) * gh];
         let (da_zr, da_n) = row.split_at_mut(CANDIDATE * h);
-        let da_z = &mut da_zr[UPDATE * h..(UPDATE + 1) * h];
-        let (z, cand) = (&t[UPDATE * h..][..h], &t[CANDIDATE * h..][..h]);
+        let da_z = &mut da_zr[at(UPDATE)..][..n];
+        let da_n = &mut da_n[u.start..u.end];
+        let (z, cand) = (&t[at(UPDATE)..][..n], &t[at(CANDIDATE)..][..n]);
         if default {
             gru_grad_row(d_sig, d_tanh, z, cand, h_prev, dh, da_z, da_n, ds);
         } else {
             gru_grad_row(d_ra, d_act, z, cand, h_prev, dh, da_z, da_n, ds);
         }
-    }
-    if kind.reset_after {
-        for b in 0..s.batch {
-            let t = &s.tape[b * tw..(b + 1) * tw];
-            let (r, rec_n) = (&t[RESET * h..][..h], &t[3 * h..][..h]);
-            let row = &mut da[b * gh..(b + 1) * gh];
+        if kind.reset_after {
+            let (r, rec_n) = (&t[at(RESET)..][..n], &t[3 * h + u.start..][..n]);
             let (da_zr, dn) = row.split_at_mut(CANDIDATE * h);
-            let da_r = &mut da_zr[RESET * h..(RESET + 1) * h];
-            let d_rec_n = &mut d_rec[b * gh + CANDIDATE * h..][..h];
+            let (da_r, dn) = (&mut da_zr[at(RESET)..][..n], &dn[u.start..u.end]);
+            let d_rec_n = &mut d_rec[b * gh + at(CANDIDATE)..][..n];
             if default {
                 gru_reset_after_row(d_sig, r, rec_n, dn, da_r, d_rec_n);
             } else {
                 gru_reset_after_row(d_ra, r, rec_n, dn, da_r, d_rec_n);
             }
         }
-    } else {
+    }
+}
+
+#[inline(always)]
+pub(crate) fn gru_bwd<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
+    ops: O,
+    kind: &GruKind,
+    w: &RecurrentWeights<T, I, H>,
+    mut s: StepBackward<'_, T>,
+    d_rk: &mut [T],
+    d_rb: &mut [T],
+    mut carry: Option<Carry<'_, T>>,
+) {
+    let h = w.hidden.value();
+    let gh = 3 * h;
+    gru_bwd_gates(kind, w, &mut s, 0..h, &mut carry);
+    // Scratch: rows [B, 3H] of gradients of the recurrent terms (the candidate block written
+    // by the gate half when reset-after), then rows [B, H] for r ⊙ h_prev and its gradient.
+    let (d_rec, rh) = s.scratch.split_at_mut(s.batch * gh);
+    let da = &mut *s.d_proj;
+    if !kind.reset_after {
+        let (ra, tw) = (kind.recurrent_activation, kind.tape_width_rows(h));
         // d(r ⊙ h_prev) = dn · U_h̃ᵀ, then into r and h_prev.
         let d_rh = &mut *rh;
         d_rh.fill(T::ZERO);

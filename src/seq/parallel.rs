@@ -358,6 +358,114 @@ pub(super) fn backward_by_rows<T: Real, C: Cell<T> + ?Sized>(
     scatter_parts(d, parts, &finals)
 }
 
+/// The reverse step loop split by hidden units ([`Cell::backward_unit_parts`]) on `p` threads,
+/// each owning a [`Part`] for the whole sequence, writing every step of `d_proj` (processing
+/// order); returns the gradient on the initial state `[S, B, H]`.
+///
+/// Per step a thread runs the gate half for its units into a buffer of its own, all threads
+/// meet at one barrier, then each gathers the step's whole `d_proj` from the others' buffers
+/// and runs the recurrent half for its units, with its share of the recurrent weights. The
+/// gate half of the next step needs only the thread's own units, so the barrier is the only
+/// one per step; buffers alternate by step parity as in [`forward`].
+pub(super) fn backward_by_units<T: Real, C: Cell<T> + ?Sized>(
+    cell: &C,
+    spec: &SeqSpec,
+    d: &Dims,
+    p: usize,
+    input: BackwardInputs<'_, T>,
+    d_proj: &mut [T],
+) -> Vec<T> {
+    let sl = d.state_len;
+    let bp = d.b * d.p;
+    let parts: Vec<Part> = (0..p).map(|index| Part { index, count: p }).collect();
+    let units: Vec<_> = parts.iter().map(|&part| cell.part_units(part)).collect();
+    // [thread][parity]: the gate gradients of that thread's units, `[B, P]`.
+    let mine: Vec<[RwLock<Vec<T>>; 2]> = (0..p)
+        .map(|_| {
+            [
+                RwLock::new(vec![T::ZERO; bp]),
+                RwLock::new(vec![T::ZERO; bp]),
+            ]
+        })
+        .collect();
+    let barrier = SpinBarrier::new(p);
+    let (h, gh) = (d.h, d.p);
+    let gates = gh / h;
+    let input = &input;
+
+    let worker = |q: usize, mut d_proj_out: Option<&mut [T]>| -> Vec<T> {
+        let mut d_next = match input.d_final_state {
+            Some(g) => g.to_vec(),
+            None => vec![T::ZERO; sl],
+        };
+        let mut d_state = vec![T::ZERO; sl];
+        let mut whole = vec![T::ZERO; bp];
+        let mut scratch = vec![T::ZERO; d.b * d.sw];
+        for t in (0..d.t).rev() {
+            let parity = t % 2;
+            add_output_gradient(spec, d, t, 0..d.b, input.dy, &mut d_next);
+            {
+                let mut own = mine[q][parity].write().unwrap_or_else(|e| e.into_inner());
+                let s = unit_step(d, input, t, &d_next, &mut d_state, &mut own, &mut scratch);
+                cell.step_backward_gates(s, parts[q]);
+            }
+            barrier.wait();
+            for (r, u) in units.iter().enumerate() {
+                let src = mine[r][parity].read().unwrap_or_else(|e| e.into_inner());
+                for block in 0..d.b * gates {
+                    let cols = block * h + u.start..block * h + u.end;
+                    whole[cols.clone()].copy_from_slice(&src[cols]);
+                }
+            }
+            if let Some(out) = d_proj_out.as_deref_mut() {
+                out[t * bp..(t + 1) * bp].copy_from_slice(&whole);
+            }
+            let s = unit_step(d, input, t, &d_next, &mut d_state, &mut whole, &mut scratch);
+            cell.step_backward_recurrent(s, parts[q]);
+            std::mem::swap(&mut d_next, &mut d_state);
+        }
+        d_next
+    };
+
+    let mut d_proj = Some(d_proj);
+    let jobs = (0..p).map(|q| (q, if q == 0 { d_proj.take() } else { None }));
+    let finals = workers::map(jobs, |(q, out)| worker(q, out));
+    // Each thread's units of every state tensor and row.
+    let mut full = vec![T::ZERO; sl];
+    for (u, part) in units.iter().zip(&finals) {
+        for row in 0..sl / h {
+            full[row * h + u.start..row * h + u.end]
+                .copy_from_slice(&part[row * h + u.start..row * h + u.end]);
+        }
+    }
+    full
+}
+
+/// Reverse step `t` of [`backward_by_units`] over every row.
+fn unit_step<'a, T: Real>(
+    d: &Dims,
+    input: &BackwardInputs<'a, T>,
+    t: usize,
+    d_next: &'a [T],
+    d_state: &'a mut [T],
+    d_proj: &'a mut [T],
+    scratch: &'a mut [T],
+) -> StepBackward<'a, T> {
+    let sl = d.state_len;
+    StepBackward {
+        batch: d.b,
+        x: &[],
+        state: &input.states[t * sl..(t + 1) * sl],
+        next: &input.states[(t + 1) * sl..(t + 2) * sl],
+        tape: &input.cell_tape[t * d.b * d.tw..(t + 1) * d.b * d.tw],
+        d_next,
+        d_state,
+        d_proj,
+        dx: &mut [],
+        scratch,
+    }
+}
+
 /// The full `[S, B, H]` state from each part's `[S, n, H]` rows.
 fn scatter_parts<T: Real>(d: &Dims, parts: &[std::ops::Range<usize>], finals: &[Vec<T>]) -> Vec<T> {
     let (h, sl) = (d.h, d.state_len);

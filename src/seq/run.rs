@@ -332,16 +332,22 @@ pub fn bptt_into<T: Real, C: Cell<T> + ?Sized>(
         Some(parts) => {
             parallel::backward_by_rows(cell, spec, &d, &parts, input, &mut dxs, &mut d_proj)
         }
-        None => backward_steps(
-            cell,
-            spec,
-            &d,
-            input,
-            &mut try_filled("scratch", d.b * d.sw, T::ZERO)?,
-            &mut dxs,
-            &mut d_proj,
-            &mut grads.params,
-        ),
+        None => match cell
+            .backward_unit_parts(d.b, spec.threads)
+            .min(spec.threads)
+        {
+            p if p > 1 => parallel::backward_by_units(cell, spec, &d, p, input, &mut d_proj),
+            _ => backward_steps(
+                cell,
+                spec,
+                &d,
+                input,
+                &mut try_filled("scratch", d.b * d.sw, T::ZERO)?,
+                &mut dxs,
+                &mut d_proj,
+                &mut grads.params,
+            ),
+        },
     };
     grads.d_initial_state.copy_from_slice(&d_initial);
     // The products over all T·B rows split across the spec's threads.
