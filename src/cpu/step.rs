@@ -554,18 +554,20 @@ fn lstm_grad_row<T: Real>(
     dc_prev: &mut [T],
 ) {
     let h = dh.len();
-    let n = u.len();
-    let t = |k: usize| &tape[k * h + u.start..k * h + u.end];
+    let dh = &dh[u.start..u.end];
+    // Every slice cut to `n` as seen by the compiler: no bounds checks in the loop, which
+    // would keep it scalar.
+    let n = dh.len();
+    let t = |k: usize| &tape[k * h + u.start..][..n];
     let (ti, tf, tg, to, tc) = (t(0), t(1), t(2), t(3), t(4));
     let (dai, rest) = da.split_at_mut(h);
     let (daf, rest) = rest.split_at_mut(h);
     let (dag, dao) = rest.split_at_mut(h);
-    let [dai, daf, dag, dao] = [dai, daf, dag, dao].map(|v| &mut v[u.start..u.end]);
-    let (dh, dc, cp, dcp) = (
-        &dh[u.start..u.end],
-        &dc[u.start..u.end],
-        &c_prev[u.start..u.end],
-        &mut dc_prev[u.start..u.end],
+    let [dai, daf, dag, dao] = [dai, daf, dag, dao].map(|v| &mut v[u.start..][..n]);
+    let (dc, cp, dcp) = (
+        &dc[u.start..][..n],
+        &c_prev[u.start..][..n],
+        &mut dc_prev[u.start..][..n],
     );
     for j in 0..n {
         let (i, f, g, o, act_c) = (ti[j], tf[j], tg[j], to[j], tc[j]);
