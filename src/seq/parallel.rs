@@ -77,22 +77,8 @@ pub(super) fn forward<T: Real, C: Cell<T> + ?Sized>(
     let parts: Vec<Part> = (0..p).map(|index| Part { index, count: p }).collect();
     let units: Vec<_> = parts.iter().map(|&part| cell.part_units(part)).collect();
     // [thread][parity]: that thread's new state, and its record when training.
-    let next: Vec<[RwLock<Vec<T>>; 2]> = (0..p)
-        .map(|_| {
-            [
-                RwLock::new(vec![T::ZERO; sl]),
-                RwLock::new(vec![T::ZERO; sl]),
-            ]
-        })
-        .collect();
-    let tapes: Vec<[RwLock<Vec<T>>; 2]> = (0..p)
-        .map(|_| {
-            [
-                RwLock::new(vec![T::ZERO; tw]),
-                RwLock::new(vec![T::ZERO; tw]),
-            ]
-        })
-        .collect();
+    let next = parity_buffers(p, sl);
+    let tapes = parity_buffers(p, tw);
     let barrier = SpinBarrier::new(p);
     let training = out.training;
     let (s_count, h) = (sl / (d.b * d.h), d.h);
@@ -380,14 +366,7 @@ pub(super) fn backward_by_units<T: Real, C: Cell<T> + ?Sized>(
     let parts: Vec<Part> = (0..p).map(|index| Part { index, count: p }).collect();
     let units: Vec<_> = parts.iter().map(|&part| cell.part_units(part)).collect();
     // [thread][parity]: the gate gradients of that thread's units, `[B, P]`.
-    let mine: Vec<[RwLock<Vec<T>>; 2]> = (0..p)
-        .map(|_| {
-            [
-                RwLock::new(vec![T::ZERO; bp]),
-                RwLock::new(vec![T::ZERO; bp]),
-            ]
-        })
-        .collect();
+    let mine = parity_buffers(p, bp);
     let barrier = SpinBarrier::new(p);
     let (h, gh) = (d.h, d.p);
     let gates = gh / h;
@@ -439,6 +418,18 @@ pub(super) fn backward_by_units<T: Real, C: Cell<T> + ?Sized>(
         }
     }
     full
+}
+
+/// `[thread][parity]`: two zeroed buffers of `len` values for each of `p` threads.
+fn parity_buffers<T: Real>(p: usize, len: usize) -> Vec<[RwLock<Vec<T>>; 2]> {
+    (0..p)
+        .map(|_| {
+            [
+                RwLock::new(vec![T::ZERO; len]),
+                RwLock::new(vec![T::ZERO; len]),
+            ]
+        })
+        .collect()
 }
 
 /// Reverse step `t` of [`backward_by_units`] over every row.
