@@ -531,31 +531,28 @@ impl<T: Real, K: CellKind, I: Dim, H: Dim> Cell<T> for Recurrent<T, K, I, H> {
             h_prev.extend_from_slice(&states[t * snapshot..t * snapshot + batch * h]);
         }
         let (d_rk, d_rb) = recurrent_grads(grads);
-        let w = &self.weights;
-        let product =
-            |cols: std::ops::Range<usize>, d: &[T], ldd: usize, d_rk: &mut [T], d_rb: &mut [T]| {
-                cpu::project_cols_backward(
-                    w.hidden,
-                    &h_prev,
-                    &w.recurrent_kernel,
-                    p,
-                    cols,
-                    d,
-                    ldd,
-                    &mut [],
-                    d_rk,
-                    d_rb,
-                )
-            };
-        let Some(scale) = self.kind.recurrent_gate_scale(h) else {
-            product(0..p, d_proj, p, d_rk, d_rb);
-            return;
+        // The recurrent gradients of every row: `d_proj`, with the scaled block multiplied in
+        // where there is one.
+        let scaled;
+        let d_rec = match self.kind.recurrent_gate_scale(h) {
+            None => d_proj,
+            Some(scale) => {
+                let mut v = d_proj.to_vec();
+                self.scale_recurrent_block(scale, &mut v, tape);
+                scaled = v;
+                &scaled[..]
+            }
         };
-        // The recurrent gradients of every row, `d_proj` with the scaled block multiplied in,
-        // for one product over all columns.
-        let mut d_rec = d_proj.to_vec();
-        self.scale_recurrent_block(scale, &mut d_rec, tape);
-        product(0..p, &d_rec, p, d_rk, d_rb);
+        cpu::project_rows_backward(
+            self.weights.hidden,
+            &h_prev,
+            &self.weights.recurrent_kernel,
+            d_rec,
+            p,
+            &mut [],
+            d_rk,
+            d_rb,
+        );
     }
 
     fn project_backward(&self, x: &[T], d_proj: &[T], dx: &mut [T], grads: &mut [Vec<T>]) {
@@ -565,15 +562,12 @@ impl<T: Real, K: CellKind, I: Dim, H: Dim> Cell<T> for Recurrent<T, K, I, H> {
             Some(v) => v,
             None => &mut [],
         };
-        let p = K::GATES * self.hidden_size();
-        cpu::project_cols_backward(
+        cpu::project_rows_backward(
             w.input,
             x,
             &w.kernel,
-            p,
-            0..p,
             d_proj,
-            p,
+            K::GATES * self.hidden_size(),
             dx,
             &mut d_kernel[0],
             d_bias,

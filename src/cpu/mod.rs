@@ -636,37 +636,26 @@ pub(crate) fn recurrent_grad_units<T: Real, I: Dim, H: Dim>(
     });
 }
 
-/// Backward of [`project_rows`] for columns `cols` of its `p`: with `d [N, cols.len()]` (rows
-/// `ldd` apart) the gradient on those columns of the projection of `x [N, I]`,
-/// `dx += d · kernel[:, cols]ᵀ`, `d_kernel[:, cols] += xᵀ · d` and `d_bias[cols] += Σ_rows d`
-/// (each skipped when its buffer is empty).
+/// Backward of [`project_rows`]: `dx += d_proj · kernelᵀ`, `d_kernel += xᵀ · d_proj`,
+/// `d_bias += Σ_rows d_proj` (skipped when `d_bias` is empty).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn project_cols_backward<T: Real, I: Dim>(
+pub(crate) fn project_rows_backward<T: Real, I: Dim>(
     input: I,
     x: &[T],
     kernel: &[T],
+    d_proj: &[T],
     p: usize,
-    cols: std::ops::Range<usize>,
-    d: &[T],
-    ldd: usize,
     dx: &mut [T],
     d_kernel: &mut [T],
     d_bias: &mut [T],
 ) {
-    // All rows at once: the matrix-product path, which needs no ISA dispatch.
+    // All T·B rows at once: the matrix-product path, which needs no ISA dispatch.
     let i = input.value();
     let rows = x.len() / i;
-    let n = cols.len();
     step::product_rows_backward(
-        ScalarOps, input, rows, x, i, kernel, p, cols.start, d, ldd, n, dx, d_kernel,
+        ScalarOps, input, rows, x, i, kernel, p, 0, d_proj, p, p, dx, d_kernel,
     );
-    if !d_bias.is_empty() && rows > 0 {
-        sum_rows_into(
-            &mut d_bias[cols],
-            &d[..rows.saturating_sub(1) * ldd + n],
-            ldd,
-        );
-    }
+    sum_rows_into(d_bias, d_proj, p);
 }
 
 /// `acc[j] += Σ_r d[r·ld + j]` (no-op when `acc` is empty).
