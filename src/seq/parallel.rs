@@ -81,15 +81,6 @@ pub(super) fn forward<T: Real, C: Cell<T> + ?Sized>(
     let tapes = parity_buffers(p, tw);
     let barrier = SpinBarrier::new(p);
     let training = out.training;
-    let (s_count, h) = (sl / (d.b * d.h), d.h);
-
-    // Copies units `u` of every state tensor and batch row from `src` into `dst` ([S, B, H]).
-    let copy_units = |dst: &mut [T], src: &[T], u: &std::ops::Range<usize>| {
-        for row in 0..s_count * d.b {
-            dst[row * h + u.start..row * h + u.end]
-                .copy_from_slice(&src[row * h + u.start..row * h + u.end]);
-        }
-    };
 
     let worker = |q: usize, out: Option<Outputs<'_, T>>| -> Vec<T> {
         let mut state = initial.to_vec();
@@ -121,7 +112,7 @@ pub(super) fn forward<T: Real, C: Cell<T> + ?Sized>(
             barrier.wait();
             for (r, u) in units.iter().enumerate() {
                 let src = next[r][parity].read().unwrap_or_else(|e| e.into_inner());
-                copy_units(&mut state, &src, u);
+                copy_units(&mut state, &src, d.h, u);
             }
             if let Some(o) = out.as_mut() {
                 collect(o, spec, d, t, &state, &tapes, &units, parity);
@@ -368,8 +359,6 @@ pub(super) fn backward_by_units<T: Real, C: Cell<T> + ?Sized>(
     // [thread][parity]: the gate gradients of that thread's units, `[B, P]`.
     let mine = parity_buffers(p, bp);
     let barrier = SpinBarrier::new(p);
-    let (h, gh) = (d.h, d.p);
-    let gates = gh / h;
     let input = &input;
 
     let worker = |q: usize, mut d_proj_out: Option<&mut [T]>| -> Vec<T> {
@@ -391,10 +380,7 @@ pub(super) fn backward_by_units<T: Real, C: Cell<T> + ?Sized>(
             barrier.wait();
             for (r, u) in units.iter().enumerate() {
                 let src = mine[r][parity].read().unwrap_or_else(|e| e.into_inner());
-                for block in 0..d.b * gates {
-                    let cols = block * h + u.start..block * h + u.end;
-                    whole[cols.clone()].copy_from_slice(&src[cols]);
-                }
+                copy_units(&mut whole, &src, d.h, u);
             }
             if let Some(out) = d_proj_out.as_deref_mut() {
                 out[t * bp..(t + 1) * bp].copy_from_slice(&whole);
@@ -412,12 +398,17 @@ pub(super) fn backward_by_units<T: Real, C: Cell<T> + ?Sized>(
     // Each thread's units of every state tensor and row.
     let mut full = vec![T::ZERO; sl];
     for (u, part) in units.iter().zip(&finals) {
-        for row in 0..sl / h {
-            full[row * h + u.start..row * h + u.end]
-                .copy_from_slice(&part[row * h + u.start..row * h + u.end]);
-        }
+        copy_units(&mut full, part, d.h, u);
     }
     full
+}
+
+/// Copies the units `u` of every block of `h` values (a row of a state tensor, or of a gate
+/// block) from `src` into `dst`.
+fn copy_units<T: Copy>(dst: &mut [T], src: &[T], h: usize, u: &std::ops::Range<usize>) {
+    for (dst, src) in dst.chunks_exact_mut(h).zip(src.chunks_exact(h)) {
+        dst[u.clone()].copy_from_slice(&src[u.clone()]);
+    }
 }
 
 /// `[thread][parity]`: two zeroed buffers of `len` values for each of `p` threads.
@@ -503,10 +494,7 @@ fn collect<T: Real>(
     let row = &mut o.cell_tape[t * d.b * d.tw..(t + 1) * d.b * d.tw];
     for (r, u) in units.iter().enumerate() {
         let src = tapes[r][parity].read().unwrap_or_else(|e| e.into_inner());
-        for block in 0..d.b * d.tw / h {
-            row[block * h + u.start..block * h + u.end]
-                .copy_from_slice(&src[block * h + u.start..block * h + u.end]);
-        }
+        copy_units(row, &src, h, u);
     }
 }
 
