@@ -9,7 +9,7 @@ MODE is infer or train; a SHAPE is cell:T:B:I:H (e.g. lstm:28:64:28:128). BIN ar
 Every round runs every shape on every side, in alternating order, and each side keeps its best
 median over the rounds: the machine drifts, so only sides measured side by side compare. Prints
 each side's time and its speed-up over the first side. THREADS in the environment sets the
-thread count of a build comparison (default 1).
+thread count of a build comparison (default 1), DTYPE the weight type (f32 or bf16; default f32).
 """
 import json
 import os
@@ -21,6 +21,7 @@ def measure(binary, shape, mode, threads):
     cell, t, b, i, h = shape.split(":")
     cmd = [binary, "--cell", cell, "--seq", t, "--batch", b, "--input", i, "--hidden", h,
            "--mode", mode, "--threads", str(threads), "--json", "--no-ceiling",
+           "--dtype", os.environ.get("DTYPE", "f32"),
            "--min-time-ms", "200"]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return next(json.loads(line) for line in out.splitlines() if line.startswith("{"))["median_s"]

@@ -88,9 +88,11 @@ impl PanelElem for f32 {
         let h_prev = h_prev.map(|r| &r[..len]);
         assert!(panel.len() >= len * G * TILE_UNITS);
         let split = independent_sets(R * G * TILE_UNITS / S::LANES);
+        // SAFETY (every `fma_row` below): k < len, every row of `h_prev` holds `len` values
+        // and the panel at least `len` reduction rows (asserted above).
         if split == 1 {
             for k in 0..len {
-                fma_row(s, panel, k, &h_prev, acc);
+                unsafe { fma_row(s, panel, k, &h_prev, acc) };
             }
             return;
         }
@@ -99,11 +101,11 @@ impl PanelElem for f32 {
         let whole = len / split * split;
         for k0 in (0..whole).step_by(split) {
             for (q, set) in sets.iter_mut().enumerate().take(split) {
-                fma_row(s, panel, k0 + q, &h_prev, set);
+                unsafe { fma_row(s, panel, k0 + q, &h_prev, set) };
             }
         }
         for k in whole..len {
-            fma_row(s, panel, k, &h_prev, &mut sets[0]);
+            unsafe { fma_row(s, panel, k, &h_prev, &mut sets[0]) };
         }
         add_sets(s, &sets[..split], acc);
     }
@@ -121,21 +123,28 @@ fn independent_sets(chains: usize) -> usize {
 }
 
 /// `acc[r][g][v] += h[r][k] · U[k, gate g, register v]` for reduction row `k` of an `f32` tile
-/// panel holding at least `k + 1` rows.
+/// panel.
+///
+/// # Safety
+/// The panel holds at least `(k + 1)·G·16` values and every row of `h` at least `k + 1`. The
+/// hot loops of the step kernels run through here once per reduction row, so the bounds are
+/// the caller's, checked once per panel rather than per row.
 #[inline(always)]
-fn fma_row<S: SimdF32, const G: usize, const R: usize>(
+unsafe fn fma_row<S: SimdF32, const G: usize, const R: usize>(
     s: S,
     panel: &[f32],
     k: usize,
     h: &[&[f32]; R],
     acc: &mut [[S::X16; G]; R],
 ) {
-    let hk: [S::V; R] = std::array::from_fn(|r| s.splat(h[r][k]));
-    let row = &panel[k * G * TILE_UNITS..(k + 1) * G * TILE_UNITS];
+    // SAFETY: k < h[r].len() by the contract.
+    let hk: [S::V; R] = std::array::from_fn(|r| s.splat(unsafe { *h[r].get_unchecked(k) }));
+    // SAFETY: row k lies inside the panel by the contract.
+    let row = unsafe { panel.as_ptr().add(k * G * TILE_UNITS) };
     for g in 0..G {
         for v in 0..TILE_UNITS / S::LANES {
-            // SAFETY: g·16 + v·LANES + LANES ≤ G·16 = row.len().
-            let w = unsafe { s.load_ptr(row.as_ptr().add(g * TILE_UNITS + v * S::LANES)) };
+            // SAFETY: g·16 + v·LANES + LANES ≤ G·16, the length of row k.
+            let w = unsafe { s.load_ptr(row.add(g * TILE_UNITS + v * S::LANES)) };
             for (a, &h) in acc.iter_mut().zip(&hk) {
                 a[g][v] = s.fma(h, w, a[g][v]);
             }
@@ -182,11 +191,32 @@ impl PanelElem for u16 {
     ) {
         let len = h_prev[0].len();
         let h_prev = h_prev.map(|r| &r[..len]);
-        let pairs = len.div_ceil(2);
+        let (whole, pairs) = (len / 2, len.div_ceil(2));
         assert!(panel.len() >= pairs * G * TILE_UNITS * 2);
+        // SAFETY: m < len / 2, so 2m + 1 < len = h_prev[r].len().
+        let pair = |m: usize| -> ([S::V; R], [S::V; R]) {
+            unsafe {
+                (
+                    std::array::from_fn(|r| s.splat(*h_prev[r].get_unchecked(2 * m))),
+                    std::array::from_fn(|r| s.splat(*h_prev[r].get_unchecked(2 * m + 1))),
+                )
+            }
+        };
+        // An odd length pads the last pair with zero weights; its missing row contributes 0·0.
+        let tail = || -> ([S::V; R], [S::V; R]) {
+            (
+                std::array::from_fn(|r| s.splat(h_prev[r][len - 1])),
+                [s.splat(0.0); R],
+            )
+        };
+        // SAFETY (every `fma_pair` below): m < pairs and the panel holds `pairs` pairs
+        // (asserted above).
         if independent_sets(R * G * TILE_UNITS / S::LANES) == 1 {
-            for m in 0..pairs {
-                fma_pair(s, panel, m, &h_prev, acc, None);
+            for m in 0..whole {
+                unsafe { fma_pair(s, panel, m, pair(m), acc, None) };
+            }
+            if whole < pairs {
+                unsafe { fma_pair(s, panel, whole, tail(), acc, None) };
             }
             return;
         }
@@ -194,41 +224,45 @@ impl PanelElem for u16 {
         // go to a second two.
         let mut sets = [[[s.splat16(0.0); G]; R]; 4];
         let [s0, s1, s2, s3] = &mut sets;
-        let whole = pairs / 2 * 2;
-        for m in (0..whole).step_by(2) {
-            fma_pair(s, panel, m, &h_prev, s0, Some(&mut *s1));
-            fma_pair(s, panel, m + 1, &h_prev, s2, Some(&mut *s3));
+        let even = whole / 2 * 2;
+        for m in (0..even).step_by(2) {
+            unsafe { fma_pair(s, panel, m, pair(m), s0, Some(&mut *s1)) };
+            unsafe { fma_pair(s, panel, m + 1, pair(m + 1), s2, Some(&mut *s3)) };
+        }
+        if even < whole {
+            unsafe { fma_pair(s, panel, even, pair(even), s0, Some(&mut *s1)) };
         }
         if whole < pairs {
-            fma_pair(s, panel, whole, &h_prev, s0, Some(&mut *s1));
+            // The padded pair takes the place in the alternation that pair `whole` has.
+            let (a, b) = if even < whole { (s2, s3) } else { (s0, s1) };
+            unsafe { fma_pair(s, panel, whole, tail(), a, Some(b)) };
         }
         add_sets(s, &sets, acc);
     }
 }
 
-/// `acc[r][g][v] += h[r][2m] · U[2m, …] + h[r][2m + 1] · U[2m + 1, …]` for pair `m` of a
-/// bfloat16 tile panel holding at least `m + 1` pairs; with `odd`, the second row's terms go
-/// there instead, an independent chain.
+/// `acc[r][g][v] += h0[r] · U[2m, …] + h1[r] · U[2m + 1, …]` for pair `m` of a bfloat16 tile
+/// panel, `h0` and `h1` the broadcast states of the pair's two rows; with `odd`, the second
+/// row's terms go there instead, an independent chain.
+///
+/// # Safety
+/// The panel holds at least `(m + 1)·G·32` values (see [`fma_row`] for why unchecked).
 #[inline(always)]
-fn fma_pair<S: SimdF32, const G: usize, const R: usize>(
+unsafe fn fma_pair<S: SimdF32, const G: usize, const R: usize>(
     s: S,
     panel: &[u16],
     m: usize,
-    h: &[&[f32]; R],
+    (h0, h1): ([S::V; R], [S::V; R]),
     acc: &mut [[S::X16; G]; R],
     mut odd: Option<&mut [[S::X16; G]; R]>,
 ) {
-    let h0: [S::V; R] = std::array::from_fn(|r| s.splat(h[r][2 * m]));
-    // An odd length pads the last pair with zero weights; its row contributes 0·0.
-    let h1: [S::V; R] =
-        std::array::from_fn(|r| s.splat(h[r].get(2 * m + 1).copied().unwrap_or(0.0)));
-    let row = &panel[m * G * TILE_UNITS * 2..(m + 1) * G * TILE_UNITS * 2];
+    // SAFETY: pair m lies inside the panel by the contract.
+    let row = unsafe { panel.as_ptr().add(m * G * TILE_UNITS * 2) };
     for g in 0..G {
         for v in 0..TILE_UNITS / S::LANES {
-            // SAFETY: 2·(g·16 + v·LANES + LANES) ≤ 2·G·16 = row.len().
-            let (w0, w1) = unsafe {
-                s.load_bf16_pairs_ptr(row.as_ptr().add(2 * (g * TILE_UNITS + v * S::LANES)))
-            };
+            // SAFETY: 2·(g·16 + v·LANES + LANES) ≤ 2·G·16, the length of pair m.
+            let (w0, w1) =
+                unsafe { s.load_bf16_pairs_ptr(row.add(2 * (g * TILE_UNITS + v * S::LANES))) };
             match odd.as_deref_mut() {
                 None => {
                     for (a, (&h0, &h1)) in acc.iter_mut().zip(h0.iter().zip(&h1)) {
@@ -1186,7 +1220,9 @@ fn project_rows<S: SimdF32, const G: usize, const R: usize>(
     assert!(panel.weights.len() >= k * G * TILE_UNITS);
     // One chain per accumulator, in order of k (no independent sets: see `project`).
     for kk in 0..k {
-        fma_row(s, panel.weights, kk, &xs, &mut acc);
+        // SAFETY: kk < k, the length of every row of `xs` and, asserted above, the panel's
+        // reduction rows.
+        unsafe { fma_row(s, panel.weights, kk, &xs, &mut acc) };
     }
     for (r, acc) in acc.iter().enumerate() {
         let out_row = &mut out[(r0 + r) * ldo..];
