@@ -97,7 +97,7 @@ impl PanelElem for f32 {
             return;
         }
         // Row k of the reduction goes to set k mod split, the sets are added at the end.
-        let mut sets = [[[s.splat16(0.0); G]; R]; 4];
+        let mut sets = [[[s.splat16(0.0); G]; R]; 8];
         let whole = len / split * split;
         for k0 in (0..whole).step_by(split) {
             for (q, set) in sets.iter_mut().enumerate().take(split) {
@@ -111,13 +111,14 @@ impl PanelElem for f32 {
     }
 }
 
-/// Accumulator sets a pass over a panel keeps so that at least four independent FMA chains
-/// are in flight (an FMA's latency is about four times its issue interval), given the
-/// `chains` accumulators of one set.
-fn independent_sets(chains: usize) -> usize {
+/// Accumulator sets a pass over a panel keeps so that at least eight independent FMA chains
+/// are in flight (an FMA's latency is four cycles and two issue per cycle on the cores this
+/// targets), given the `chains` accumulators of one set: 1, 2, 4 or 8.
+const fn independent_sets(chains: usize) -> usize {
     match chains {
-        0 | 1 => 4,
-        2 | 3 => 2,
+        0 | 1 => 8,
+        2 | 3 => 4,
+        4..=7 => 2,
         _ => 1,
     }
 }
@@ -211,7 +212,8 @@ impl PanelElem for u16 {
         };
         // SAFETY (every `fma_pair` below): m < pairs and the panel holds `pairs` pairs
         // (asserted above).
-        if independent_sets(R * G * TILE_UNITS / S::LANES) == 1 {
+        let split = independent_sets(R * G * TILE_UNITS / S::LANES);
+        if split == 1 {
             for m in 0..whole {
                 unsafe { fma_pair(s, panel, m, pair(m), acc, None) };
             }
@@ -220,24 +222,24 @@ impl PanelElem for u16 {
             }
             return;
         }
-        // The two rows of a pair go to two sets; with very few accumulators, alternate pairs
-        // go to a second two.
-        let mut sets = [[[s.splat16(0.0); G]; R]; 4];
-        let [s0, s1, s2, s3] = &mut sets;
-        let even = whole / 2 * 2;
-        for m in (0..even).step_by(2) {
-            unsafe { fma_pair(s, panel, m, pair(m), s0, Some(&mut *s1)) };
-            unsafe { fma_pair(s, panel, m + 1, pair(m + 1), s2, Some(&mut *s3)) };
+        // The two rows of a pair go to two sets; with fewer accumulators, pair m goes to the
+        // two sets of number m mod (split / 2).
+        let half = split / 2;
+        let mut sets = [[[s.splat16(0.0); G]; R]; 8];
+        let rounds = whole / half * half;
+        for m0 in (0..rounds).step_by(half) {
+            for (q, two) in sets.chunks_exact_mut(2).enumerate().take(half) {
+                let [a, b] = two else { unreachable!() };
+                unsafe { fma_pair(s, panel, m0 + q, pair(m0 + q), a, Some(b)) };
+            }
         }
-        if even < whole {
-            unsafe { fma_pair(s, panel, even, pair(even), s0, Some(&mut *s1)) };
+        // The remaining whole pairs and the padded one, continuing the alternation.
+        for (m, two) in (rounds..pairs).zip(sets.chunks_exact_mut(2)) {
+            let [a, b] = two else { unreachable!() };
+            let h = if m < whole { pair(m) } else { tail() };
+            unsafe { fma_pair(s, panel, m, h, a, Some(b)) };
         }
-        if whole < pairs {
-            // The padded pair takes the place in the alternation that pair `whole` has.
-            let (a, b) = if even < whole { (s2, s3) } else { (s0, s1) };
-            unsafe { fma_pair(s, panel, whole, tail(), a, Some(b)) };
-        }
-        add_sets(s, &sets, acc);
+        add_sets(s, &sets[..split], acc);
     }
 }
 
