@@ -1,8 +1,9 @@
 //! Property tests: the sequence engine running every built-in cell, in `f64` and in `f32`,
 //! against the plain `f64` oracle in `fused_rnn::reference`.
 //!
-//! Every case draws a shape (`T` 1..=6, `B` 1..=7, `I` 1..=11, `H` 1..=37, so that 1 and sizes
-//! that are not multiples of any SIMD width occur), the flags (bias, initial state,
+//! Every case draws a shape (`T` 1..=6, `B` 1..=17 or 32..=35, `I` 1..=11, `H` 1..=37 or
+//! 65..=70, so that 1 and sizes that are not multiples of any SIMD width occur, and both step
+//! paths: see the strategy), the flags (bias, initial state,
 //! `go_backwards`, `return_sequences`, layout, an upstream gradient on the final state), and
 //! random weights, inputs and upstream gradients. The engine's outputs, final states and every
 //! gradient of `seq::bptt` are compared with the reference's. For `f32` the reference is fed
@@ -264,11 +265,13 @@ fn case(kind: RefKind, magnitude: Magnitude) -> impl Strategy<Value = Case> {
     (
         1..=6usize,
         // Up to 31 rows the forward step runs the packed kernels, in row blocks of 8, 6, 4, 2
-        // and 1; from 32 rows (with fewer than 256 units) the matrix-product path.
+        // and 1; from 32 rows the matrix-product path (SimpleRNN, and gated cells past 64
+        // units: see `cpu::fuses`).
         prop_oneof![3 => 1..=17usize, 1 => 32..=35usize],
         1..=11usize,
-        // Past 2·16 so that full AVX-512 registers, register tiles and tails all occur.
-        1..=37usize,
+        // Past 2·16 so that full AVX-512 registers, register tiles and tails all occur; past
+        // 64 for the matrix-product path of the gated cells.
+        prop_oneof![5 => 1..=37usize, 1 => 65..=70usize],
         any::<[bool; 6]>(),
     )
         .prop_flat_map(move |(t, b, i, h, flags)| {
