@@ -45,6 +45,12 @@ pub(crate) trait SimdF32: Copy + Send + Sync + 'static {
     /// # Safety
     /// `p..p + LANES` must be writable.
     unsafe fn store_ptr(self, p: *mut f32, v: Self::V);
+    /// Hints that the cache line holding `p` will be read soon (no-op without SIMD). Any
+    /// address is allowed: a prefetch never faults.
+    #[inline(always)]
+    fn prefetch(self, p: *const u8) {
+        let _ = p;
+    }
     /// Loads `LANES` pairs of bfloat16 values from `p` (`2·LANES` values, pair `i` at
     /// `p[2i], p[2i + 1]`) and widens them exactly: returns (first of each pair, second).
     ///
@@ -259,6 +265,11 @@ impl SimdF32 for Avx2 {
         unsafe { _mm256_storeu_ps(s.as_mut_ptr(), v) }
     }
     #[inline(always)]
+    fn prefetch(self, p: *const u8) {
+        // SAFETY: see the impl; a prefetch reads nothing architecturally and never faults.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast()) }
+    }
+    #[inline(always)]
     unsafe fn load_ptr(self, p: *const f32) -> __m256 {
         // SAFETY: see the impl; the caller guarantees 8 readable floats.
         unsafe { _mm256_loadu_ps(p) }
@@ -399,6 +410,11 @@ impl SimdF32 for Avx512 {
         assert!(s.len() >= 16);
         // SAFETY: see the impl; 16 writable floats.
         unsafe { _mm512_storeu_ps(s.as_mut_ptr(), v) }
+    }
+    #[inline(always)]
+    fn prefetch(self, p: *const u8) {
+        // SAFETY: see the impl; a prefetch reads nothing architecturally and never faults.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast()) }
     }
     #[inline(always)]
     unsafe fn load_ptr(self, p: *const f32) -> __m512 {
