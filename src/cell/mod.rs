@@ -97,6 +97,10 @@ pub struct StepForward<'a, T> {
     /// The share of the hidden units to compute ([`Part::WHOLE`] unless the cell reports
     /// [`Cell::max_parts`] above 1); the cell then writes only those units of `next` and `tape`.
     pub part: Part,
+    /// How many steps of the same run came before this one (processing order). Results must
+    /// not depend on it; kernels use its parity to alternate the order in which they stream
+    /// their weights, so that what the previous step read last is still cached.
+    pub step: usize,
 }
 
 /// Row `b` of a step's `x` or `proj` ([`StepForward::row_stride`] rows apart), `width` values.

@@ -319,6 +319,7 @@ impl<T: Real, C: Cell<T> + ?Sized> Dir<'_, T, C> {
                 scratch: &mut scratch[..a * sw],
                 tape: step_tape,
                 part: Part::WHOLE,
+                step: s,
             });
             if let (Some(fix), Some(m)) = (&self.fix, self.rec_mask) {
                 // next += z ⊙ (h − h ⊙ m): the update blends the undropped state (state 0 is

@@ -107,6 +107,7 @@ pub(super) fn forward<T: Real, C: Cell<T> + ?Sized>(
                     scratch: &mut scratch,
                     tape,
                     part: parts[q],
+                    step: t,
                 });
             }
             barrier.wait();
@@ -235,6 +236,7 @@ pub(super) fn forward_by_rows<T: Real, C: Cell<T> + ?Sized>(
                 scratch: &mut scratch,
                 tape: o.tapes.get_mut(t).map_or(&mut [][..], |tape| &mut **tape),
                 part: Part::WHOLE,
+                step: t,
             });
             if spec.return_sequences || t + 1 == d.t {
                 let at = if spec.return_sequences { t } else { 0 };

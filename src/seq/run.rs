@@ -230,6 +230,7 @@ fn run_forward<T: Real, C: Cell<T> + ?Sized>(
             scratch: &mut scratch,
             tape,
             part: Part::WHOLE,
+            step: t,
         });
         if spec.return_sequences {
             for b in 0..d.b {

@@ -17,6 +17,8 @@ pub struct Stream<'c, T, C: ?Sized> {
     next: Vec<T>,
     proj: Vec<T>,
     scratch: Vec<T>,
+    /// Steps taken so far (see [`StepForward::step`]).
+    steps: usize,
 }
 
 impl<'c, T: Real, C: Cell<T> + ?Sized> Stream<'c, T, C> {
@@ -45,6 +47,7 @@ impl<'c, T: Real, C: Cell<T> + ?Sized> Stream<'c, T, C> {
                 checked_size("scratch", &[batch, cell.scratch_width()])?,
                 T::ZERO,
             )?,
+            steps: 0,
         })
     }
 
@@ -64,7 +67,9 @@ impl<'c, T: Real, C: Cell<T> + ?Sized> Stream<'c, T, C> {
             scratch: &mut self.scratch,
             tape: &mut [],
             part: Part::WHOLE,
+            step: self.steps,
         });
+        self.steps = self.steps.wrapping_add(1);
         std::mem::swap(&mut self.state, &mut self.next);
         Ok(&self.state[..self.batch * self.cell.hidden_size()])
     }
