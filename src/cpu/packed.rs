@@ -57,12 +57,28 @@ pub(crate) trait PanelElem: Copy {
     /// one tile for `R` batch rows, `panel` holding exactly that tile; every row of `h_prev`
     /// has the panel's reduction length. With `prefetch`, the pass asks for the panel
     /// [`PREFETCH_BYTES`] ahead of where it reads (see [`streams_from_memory`]).
+    #[inline(always)]
     fn accumulate<S: SimdF32, const G: usize, const R: usize>(
         s: S,
         panel: &[Self],
         h_prev: [&[f32]; R],
         acc: &mut [[S::X16; G]; R],
         prefetch: bool,
+    ) {
+        // Two instantiations, so that the pass without prefetches carries no trace of them.
+        if prefetch {
+            Self::pass::<S, G, R, true>(s, panel, h_prev, acc)
+        } else {
+            Self::pass::<S, G, R, false>(s, panel, h_prev, acc)
+        }
+    }
+
+    /// [`PanelElem::accumulate`], prefetching when `PF`.
+    fn pass<S: SimdF32, const G: usize, const R: usize, const PF: bool>(
+        s: S,
+        panel: &[Self],
+        h_prev: [&[f32]; R],
+        acc: &mut [[S::X16; G]; R],
     );
 }
 
@@ -80,54 +96,37 @@ impl PanelElem for f32 {
     }
 
     #[inline(always)]
-    fn accumulate<S: SimdF32, const G: usize, const R: usize>(
+    fn pass<S: SimdF32, const G: usize, const R: usize, const PF: bool>(
         s: S,
         panel: &[f32],
         h_prev: [&[f32]; R],
         acc: &mut [[S::X16; G]; R],
-        prefetch: bool,
     ) {
-        // Two instantiations, so that the pass without prefetches carries no trace of them.
-        if prefetch {
-            f32_pass::<S, G, R, true>(s, panel, h_prev, acc)
-        } else {
-            f32_pass::<S, G, R, false>(s, panel, h_prev, acc)
+        let len = h_prev[0].len();
+        let h_prev = h_prev.map(|r| &r[..len]);
+        assert!(panel.len() >= len * G * TILE_UNITS);
+        let split = independent_sets(R * G * TILE_UNITS / S::LANES);
+        // SAFETY (every `fma_row` below): k < len, every row of `h_prev` holds `len` values
+        // and the panel at least `len` reduction rows (asserted above).
+        if split == 1 {
+            for k in 0..len {
+                unsafe { fma_row::<S, G, R, PF>(s, panel, k, &h_prev, acc) };
+            }
+            return;
         }
-    }
-}
-
-/// [`PanelElem::accumulate`] for `f32` panels, prefetching with `PF`.
-#[inline(always)]
-fn f32_pass<S: SimdF32, const G: usize, const R: usize, const PF: bool>(
-    s: S,
-    panel: &[f32],
-    h_prev: [&[f32]; R],
-    acc: &mut [[S::X16; G]; R],
-) {
-    let len = h_prev[0].len();
-    let h_prev = h_prev.map(|r| &r[..len]);
-    assert!(panel.len() >= len * G * TILE_UNITS);
-    let split = independent_sets(R * G * TILE_UNITS / S::LANES);
-    // SAFETY (every `fma_row` below): k < len, every row of `h_prev` holds `len` values
-    // and the panel at least `len` reduction rows (asserted above).
-    if split == 1 {
-        for k in 0..len {
-            unsafe { fma_row::<S, G, R, PF>(s, panel, k, &h_prev, acc) };
+        // Row k of the reduction goes to set k mod split, the sets are added at the end.
+        let mut sets = [[[s.splat16(0.0); G]; R]; 8];
+        let whole = len / split * split;
+        for k0 in (0..whole).step_by(split) {
+            for (q, set) in sets.iter_mut().enumerate().take(split) {
+                unsafe { fma_row::<S, G, R, PF>(s, panel, k0 + q, &h_prev, set) };
+            }
         }
-        return;
-    }
-    // Row k of the reduction goes to set k mod split, the sets are added at the end.
-    let mut sets = [[[s.splat16(0.0); G]; R]; 8];
-    let whole = len / split * split;
-    for k0 in (0..whole).step_by(split) {
-        for (q, set) in sets.iter_mut().enumerate().take(split) {
-            unsafe { fma_row::<S, G, R, PF>(s, panel, k0 + q, &h_prev, set) };
+        for k in whole..len {
+            unsafe { fma_row::<S, G, R, PF>(s, panel, k, &h_prev, &mut sets[0]) };
         }
+        add_sets(s, &sets[..split], acc);
     }
-    for k in whole..len {
-        unsafe { fma_row::<S, G, R, PF>(s, panel, k, &h_prev, &mut sets[0]) };
-    }
-    add_sets(s, &sets[..split], acc);
 }
 
 /// Accumulator sets a pass over a panel keeps so that at least eight independent FMA chains
@@ -232,79 +231,63 @@ impl PanelElem for u16 {
     }
 
     #[inline(always)]
-    fn accumulate<S: SimdF32, const G: usize, const R: usize>(
+    fn pass<S: SimdF32, const G: usize, const R: usize, const PF: bool>(
         s: S,
         panel: &[u16],
         h_prev: [&[f32]; R],
         acc: &mut [[S::X16; G]; R],
-        prefetch: bool,
     ) {
-        if prefetch {
-            bf16_pass::<S, G, R, true>(s, panel, h_prev, acc)
-        } else {
-            bf16_pass::<S, G, R, false>(s, panel, h_prev, acc)
-        }
-    }
-}
-
-/// [`PanelElem::accumulate`] for bfloat16 panels, prefetching with `PF`.
-#[inline(always)]
-fn bf16_pass<S: SimdF32, const G: usize, const R: usize, const PF: bool>(
-    s: S,
-    panel: &[u16],
-    h_prev: [&[f32]; R],
-    acc: &mut [[S::X16; G]; R],
-) {
-    let len = h_prev[0].len();
-    let h_prev = h_prev.map(|r| &r[..len]);
-    let (whole, pairs) = (len / 2, len.div_ceil(2));
-    assert!(panel.len() >= pairs * G * TILE_UNITS * 2);
-    // SAFETY: m < len / 2, so 2m + 1 < len = h_prev[r].len().
-    let pair = |m: usize| -> ([S::V; R], [S::V; R]) {
-        unsafe {
+        let len = h_prev[0].len();
+        let h_prev = h_prev.map(|r| &r[..len]);
+        let (whole, pairs) = (len / 2, len.div_ceil(2));
+        assert!(panel.len() >= pairs * G * TILE_UNITS * 2);
+        // SAFETY: m < len / 2, so 2m + 1 < len = h_prev[r].len().
+        let pair = |m: usize| -> ([S::V; R], [S::V; R]) {
+            unsafe {
+                (
+                    std::array::from_fn(|r| s.splat(*h_prev[r].get_unchecked(2 * m))),
+                    std::array::from_fn(|r| s.splat(*h_prev[r].get_unchecked(2 * m + 1))),
+                )
+            }
+        };
+        // An odd length pads the last pair with zero weights; its missing row contributes 0·0.
+        let tail = || -> ([S::V; R], [S::V; R]) {
             (
-                std::array::from_fn(|r| s.splat(*h_prev[r].get_unchecked(2 * m))),
-                std::array::from_fn(|r| s.splat(*h_prev[r].get_unchecked(2 * m + 1))),
+                std::array::from_fn(|r| s.splat(h_prev[r][len - 1])),
+                [s.splat(0.0); R],
             )
+        };
+        // SAFETY (every `fma_pair` below): m < pairs and the panel holds `pairs` pairs
+        // (asserted above).
+        let split = independent_sets(R * G * TILE_UNITS / S::LANES);
+        if split == 1 {
+            for m in 0..whole {
+                unsafe { fma_pair::<S, G, R, PF>(s, panel, m, pair(m), acc, None) };
+            }
+            if whole < pairs {
+                unsafe { fma_pair::<S, G, R, PF>(s, panel, whole, tail(), acc, None) };
+            }
+            return;
         }
-    };
-    // An odd length pads the last pair with zero weights; its missing row contributes 0·0.
-    let tail = || -> ([S::V; R], [S::V; R]) {
-        (
-            std::array::from_fn(|r| s.splat(h_prev[r][len - 1])),
-            [s.splat(0.0); R],
-        )
-    };
-    // SAFETY (every `fma_pair` below): m < pairs and the panel holds `pairs` pairs
-    // (asserted above).
-    let split = independent_sets(R * G * TILE_UNITS / S::LANES);
-    if split == 1 {
-        for m in 0..whole {
-            unsafe { fma_pair::<S, G, R, PF>(s, panel, m, pair(m), acc, None) };
+        // The two rows of a pair go to two sets; with fewer accumulators, pair m goes to the
+        // two sets of number m mod (split / 2).
+        let half = split / 2;
+        let mut sets = [[[s.splat16(0.0); G]; R]; 8];
+        let rounds = whole / half * half;
+        for m0 in (0..rounds).step_by(half) {
+            for (q, two) in sets.chunks_exact_mut(2).enumerate().take(half) {
+                let [a, b] = two else { unreachable!() };
+                unsafe { fma_pair::<S, G, R, PF>(s, panel, m0 + q, pair(m0 + q), a, Some(b)) };
+            }
         }
-        if whole < pairs {
-            unsafe { fma_pair::<S, G, R, PF>(s, panel, whole, tail(), acc, None) };
-        }
-        return;
-    }
-    // The two rows of a pair go to two sets; with fewer accumulators, pair m goes to the
-    // two sets of number m mod (split / 2).
-    let half = split / 2;
-    let mut sets = [[[s.splat16(0.0); G]; R]; 8];
-    let rounds = whole / half * half;
-    for m0 in (0..rounds).step_by(half) {
-        for (q, two) in sets.chunks_exact_mut(2).enumerate().take(half) {
+        // The remaining whole pairs and the padded one, continuing the alternation.
+        for (m, two) in (rounds..pairs).zip(sets.chunks_exact_mut(2)) {
             let [a, b] = two else { unreachable!() };
-            unsafe { fma_pair::<S, G, R, PF>(s, panel, m0 + q, pair(m0 + q), a, Some(b)) };
+            let h = if m < whole { pair(m) } else { tail() };
+            unsafe { fma_pair::<S, G, R, PF>(s, panel, m, h, a, Some(b)) };
         }
+        add_sets(s, &sets[..split], acc);
     }
-    // The remaining whole pairs and the padded one, continuing the alternation.
-    for (m, two) in (rounds..pairs).zip(sets.chunks_exact_mut(2)) {
-        let [a, b] = two else { unreachable!() };
-        let h = if m < whole { pair(m) } else { tail() };
-        unsafe { fma_pair::<S, G, R, PF>(s, panel, m, h, a, Some(b)) };
-    }
-    add_sets(s, &sets[..split], acc);
 }
 
 /// `acc[r][g][v] += h0[r] · U[2m, …] + h1[r] · U[2m + 1, …]` for pair `m` of a bfloat16 tile
