@@ -134,6 +134,9 @@ pub struct StepBackward<'a, T> {
     pub dx: &'a mut [T],
     /// Scratch `[B, scratch_width()]`, contents unspecified on entry.
     pub scratch: &'a mut [T],
+    /// The step's index in processing order (the reverse loop counts down from `T − 1`).
+    /// Results must not depend on it; kernels use its parity as in [`StepForward::step`].
+    pub step: usize,
 }
 
 /// A recurrent cell the sequence engine can run forward and backward, the counterpart of a

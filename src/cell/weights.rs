@@ -474,6 +474,7 @@ impl<T: Real, K: CellKind, I: Dim, H: Dim> Cell<T> for Recurrent<T, K, I, H> {
             d_rec,
             &mut step.d_state[..b * h],
             self.part_units(part),
+            step.step,
         );
     }
 

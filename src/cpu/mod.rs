@@ -278,6 +278,8 @@ pub enum Job<'a, T, I: Dim, H: Dim> {
         d: &'a [T],
         dh: &'a mut [T],
         units: Range<usize>,
+        /// The backward step's [`StepBackward::step`].
+        step: usize,
     },
 }
 
@@ -336,7 +338,8 @@ impl<T: Real, I: Dim, H: Dim> Job<'_, T, I, H> {
                 d,
                 dh,
                 units,
-            } => step::recurrent_grad_units(ops, w, batch, d, dh, units),
+                step,
+            } => step::recurrent_grad_units(ops, w, batch, d, dh, units, step),
         }
     }
 }
@@ -619,13 +622,15 @@ pub(crate) fn project_rows_bf16(
 
 /// `dh[b, u] += d[b, :] · recurrent_kernel[u, :]ᵀ` for every row `b < batch` and state unit
 /// `u` in `units` (a [`part_units`] range): the recurrent half of a backward step split by
-/// hidden units, `d [B, G·H]` the gradients of the recurrent terms, `dh [B, H]`.
+/// hidden units, `d [B, G·H]` the gradients of the recurrent terms, `dh [B, H]`, `step` the
+/// backward step's [`StepBackward::step`].
 pub(crate) fn recurrent_grad_units<T: Real, I: Dim, H: Dim>(
     w: &RecurrentWeights<T, I, H>,
     batch: usize,
     d: &[T],
     dh: &mut [T],
     units: std::ops::Range<usize>,
+    step: usize,
 ) {
     dispatch(Job::RecurrentGrad {
         w,
@@ -633,6 +638,7 @@ pub(crate) fn recurrent_grad_units<T: Real, I: Dim, H: Dim>(
         d,
         dh,
         units,
+        step,
     });
 }
 

@@ -25,7 +25,8 @@ pub trait RowOps<T: Real>: Copy {
     /// `dh[b, u] += d[b, :] · recurrent_kernel[u, :]ᵀ` over all `G·H` columns for rows
     /// `b < batch` and the state units `u` in `units` (whole tiles of [`packed::TILE_UNITS`]; `d`
     /// rows `G·H` apart, `dh` rows `H` apart) on kernels of this backend's own, returning
-    /// `false` when it has none (the caller then runs the product).
+    /// `false` when it has none (the caller then runs the product). `step` is the backward
+    /// step's [`crate::cell::StepBackward::step`].
     #[inline(always)]
     fn recurrent_grad<I: Dim, H: Dim>(
         self,
@@ -34,6 +35,7 @@ pub trait RowOps<T: Real>: Copy {
         _d: &[T],
         _dh: &mut [T],
         _units: std::ops::Range<usize>,
+        _step: usize,
     ) -> bool {
         false
     }
@@ -178,12 +180,13 @@ impl<S: SimdF32> RowOps<f32> for SimdOps<S> {
         d: &[f32],
         dh: &mut [f32],
         units: std::ops::Range<usize>,
+        step: usize,
     ) -> bool {
         let s = self.0;
         let p = w.packed();
         s.vectorize(
             #[inline(always)]
-            || packed::recurrent_grad(s, p, batch, d, dh, units),
+            || packed::recurrent_grad(s, p, batch, d, dh, units, step % 2 == 1),
         );
         true
     }

@@ -190,11 +190,12 @@ fn recurrent_backward<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
     dh: &mut [T],
     d_rk: &mut [T],
     d_rb: &mut [T],
+    step: usize,
 ) {
     let gh = w.gates * w.hidden.value();
     let rk = &w.recurrent_kernel;
     let whole = col0 == 0 && n == gh && ldd == gh && ldh == w.hidden.value();
-    let dh = if whole && !dh.is_empty() && ops.recurrent_grad(w, batch, d, dh, 0..ldh) {
+    let dh = if whole && !dh.is_empty() && ops.recurrent_grad(w, batch, d, dh, 0..ldh, step) {
         &mut []
     } else {
         dh
@@ -218,9 +219,10 @@ pub(crate) fn recurrent_grad_units<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
     d: &[T],
     dh: &mut [T],
     units: Range<usize>,
+    step: usize,
 ) {
     let (h, gh) = (w.hidden.value(), w.gates * w.hidden.value());
-    if ops.recurrent_grad(w, batch, d, dh, units.clone()) {
+    if ops.recurrent_grad(w, batch, d, dh, units.clone(), step) {
         return;
     }
     // Rows `units` of the kernel, as a kernel of `units.len()` inputs.
@@ -323,7 +325,7 @@ pub(crate) fn simple_rnn_bwd<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
     let (h, b) = (w.hidden.value(), s.batch);
     simple_rnn_bwd_gates(kind, w, &mut s, 0..h);
     recurrent_backward(
-        ops, w, b, s.state, h, 0, h, s.d_proj, h, s.d_state, d_rk, d_rb,
+        ops, w, b, s.state, h, 0, h, s.d_proj, h, s.d_state, d_rk, d_rb, s.step,
     );
 }
 
@@ -428,6 +430,7 @@ pub(crate) fn lstm_bwd<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
         &mut s.d_state[..bh],
         d_rk,
         d_rb,
+        s.step,
     );
 }
 
@@ -774,6 +777,7 @@ pub(crate) fn gru_bwd<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
             &mut [],
             d_rk,
             d_rb,
+            s.step,
         );
     }
     for b in 0..s.batch {
@@ -781,6 +785,6 @@ pub(crate) fn gru_bwd<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
     }
     let rec_cols = if kind.reset_after { gh } else { 2 * h };
     recurrent_backward(
-        ops, w, s.batch, s.state, h, 0, rec_cols, d_rec, gh, s.d_state, d_rk, d_rb,
+        ops, w, s.batch, s.state, h, 0, rec_cols, d_rec, gh, s.d_state, d_rk, d_rb, s.step,
     );
 }

@@ -457,6 +457,7 @@ impl<T: Real, C: Cell<T> + ?Sized> Dir<'_, T, C> {
                 d_proj: &mut d_proj[rows.start * p..rows.end * p],
                 dx: &mut dxs[rows.start * i..rows.end * i],
                 scratch: &mut scratch[..a * sw],
+                step: s,
             };
             match &self.fix {
                 // The GRU's update blended the undropped state (state 0 is the whole state

@@ -324,6 +324,7 @@ pub(super) fn backward_by_rows<T: Real, C: Cell<T> + ?Sized>(
                         d_proj: d_proj.get_mut(t).map_or(&mut [][..], |v| &mut **v),
                         dx: dxs.get_mut(t).map_or(&mut [][..], |v| &mut **v),
                         scratch: &mut scratch,
+                        step: t,
                     },
                     &mut [],
                 );
@@ -447,6 +448,7 @@ fn unit_step<'a, T: Real>(
         d_proj,
         dx: &mut [],
         scratch,
+        step: t,
     }
 }
 

@@ -321,7 +321,8 @@ pub fn bptt_into<T: Real, C: Cell<T> + ?Sized>(
     let (states, cell_tape) = tape[..need].split_at((d.t + 1) * sl);
     let xs = processing_order(spec, &d, x)?;
     let mut dxs = Scratch::filled("dx", d.x_len, T::ZERO)?;
-    let mut d_proj = Scratch::filled("projection", d.t * d.b * d.p, T::ZERO)?;
+    // Every backward step overwrites its rows of `d_proj` (the `StepBackward` contract).
+    let mut d_proj = Scratch::overwritten("projection", d.t * d.b * d.p, T::ZERO)?;
     let input = parallel::BackwardInputs {
         xs: &xs,
         states,
@@ -437,6 +438,7 @@ fn backward_steps<T: Real, C: Cell<T> + ?Sized>(
                 d_proj: &mut d_proj[t * d.b * d.p..(t + 1) * d.b * d.p],
                 dx: &mut dxs[t * d.b * d.i..(t + 1) * d.b * d.i],
                 scratch,
+                step: t,
             },
             params,
         );
