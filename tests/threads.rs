@@ -117,6 +117,16 @@ fn threaded_forward_matches_one_thread() {
                     DynSimpleRnn::<f32>::random(Dyn(5), Dyn(h), SimpleRnnKind::default(), false, 3)
                         .unwrap();
                 same_with_threads(&format!("{backend} rnn H={h}"), &rnn, &mut split);
+                if h == 300 {
+                    // bfloat16 inference, whose B = 1 SimpleRNN steps run tiles in groups.
+                    let (mut lstm, mut gru, mut rnn) = (lstm, gru, rnn);
+                    lstm.set_bf16_inference(true);
+                    gru.set_bf16_inference(true);
+                    rnn.set_bf16_inference(true);
+                    same_with_threads(&format!("{backend} lstm bf16 H={h}"), &lstm, &mut split);
+                    same_with_threads(&format!("{backend} gru bf16 H={h}"), &gru, &mut split);
+                    same_with_threads(&format!("{backend} rnn bf16 H={h}"), &rnn, &mut split);
+                }
             }
         })
         .unwrap();
@@ -148,11 +158,13 @@ fn zero_threads_is_an_error() {
 fn bptt_same_with_threads<T: Real, C: Cell<T>>(name: &str, cell: &C) -> (usize, usize) {
     let (mut row_split, mut unit_split) = (0, 0);
     // 32 rows of 64 inputs over 24 steps: the products are large enough to be split; 36 rows
-    // split into parts of 16 and 20 (at the kernels' row blocks), 3 rows stay whole.
+    // split into parts of 16 and 20 (at the kernels' row blocks), 3 rows and 1 stay whole (one
+    // row runs the state gradient's tiles in groups).
     for (b, layout, go_backwards, return_sequences, with_d_final) in [
         (32, Layout::BatchMajor, false, true, false),
         (36, Layout::TimeMajor, true, false, true),
         (3, Layout::BatchMajor, false, true, true),
+        (1, Layout::TimeMajor, false, true, true),
     ] {
         let t = 24;
         let spec = SeqSpec::new(t, b)

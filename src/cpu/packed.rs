@@ -27,6 +27,10 @@ use crate::cell::{StepForward, step_row};
 /// Hidden units per tile: one AVX-512 register of `f32`, two AVX2 registers.
 pub const TILE_UNITS: usize = 16;
 
+/// Tiles a one-row pass runs at once where the panel type groups them
+/// ([`PanelElem::groups_tiles`]).
+const TILE_GROUP: usize = 3;
+
 /// Recurrent weights and bias in tile order (see the [module docs](self)).
 #[derive(Debug, Clone)]
 pub struct PackedRecurrent {
@@ -80,6 +84,30 @@ pub(crate) trait PanelElem: Copy {
         h_prev: [&[f32]; R],
         acc: &mut [[S::X16; G]; R],
     );
+
+    /// Whether one-row passes on an ISA of `lanes` lanes for `gates` gates serve
+    /// [`TILE_GROUP`] tiles at once ([`PanelElem::accumulate_tiles`]).
+    #[inline(always)]
+    fn groups_tiles(lanes: usize, gates: usize) -> bool {
+        let _ = (lanes, gates);
+        false
+    }
+
+    /// [`PanelElem::accumulate`] for one batch row over the `NT` tiles of `panels` at once,
+    /// `acc[t]` the accumulators of tile `t`, each summed in exactly the order of a pass over
+    /// its tile alone (so results do not depend on how tiles are grouped).
+    #[inline(always)]
+    fn accumulate_tiles<S: SimdF32, const G: usize, const NT: usize>(
+        s: S,
+        panels: [&[Self]; NT],
+        h_prev: &[f32],
+        acc: &mut [[[S::X16; G]; 1]; NT],
+        prefetch: bool,
+    ) {
+        for (panel, acc) in panels.into_iter().zip(acc) {
+            Self::accumulate::<S, G, 1>(s, panel, [h_prev], acc, prefetch);
+        }
+    }
 }
 
 impl PanelElem for f32 {
@@ -105,27 +133,114 @@ impl PanelElem for f32 {
         let len = h_prev[0].len();
         let h_prev = h_prev.map(|r| &r[..len]);
         assert!(panel.len() >= len * G * TILE_UNITS);
-        let split = independent_sets(R * G * TILE_UNITS / S::LANES);
-        // SAFETY (every `fma_row` below): k < len, every row of `h_prev` holds `len` values
-        // and the panel at least `len` reduction rows (asserted above).
-        if split == 1 {
-            for k in 0..len {
-                unsafe { fma_row::<S, G, R, PF>(s, panel, k, &h_prev, acc) };
+        reduce_in_sets(
+            len,
+            independent_sets(R * G * TILE_UNITS / S::LANES),
+            [[s.splat16(0.0); G]; R],
+            acc,
+            // SAFETY: k < len, every row of `h_prev` holds `len` values and the panel at least
+            // `len` reduction rows (asserted above).
+            #[inline(always)]
+            |k, a| unsafe { fma_row::<S, G, R, PF>(s, panel, k, &h_prev, a) },
+            #[inline(always)]
+            |a, set| add_set(s, a, set),
+        );
+    }
+
+    #[inline(always)]
+    fn groups_tiles(lanes: usize, gates: usize) -> bool {
+        // SimpleRNN on AVX-512: three tiles of eight accumulators, 24 of the 32 registers
+        // (B = 1, `benches/ab.py`: H = 64, 256, 512 1.05x, 1.09x, 1.10x). LSTM and GRU,
+        // whose passes already run four or three gates' chains, measured 0.89–1.01x grouped
+        // by two or three (H = 64 to 512); AVX2's 16 registers hold one tile's accumulators.
+        lanes == 16 && gates == 1
+    }
+
+    #[inline(always)]
+    fn accumulate_tiles<S: SimdF32, const G: usize, const NT: usize>(
+        s: S,
+        panels: [&[f32]; NT],
+        h_prev: &[f32],
+        acc: &mut [[[S::X16; G]; 1]; NT],
+        prefetch: bool,
+    ) {
+        if prefetch {
+            pass_tiles::<S, G, NT, true>(s, panels, h_prev, acc)
+        } else {
+            pass_tiles::<S, G, NT, false>(s, panels, h_prev, acc)
+        }
+    }
+}
+
+/// [`PanelElem::accumulate_tiles`] for `f32` panels, prefetching when `PF`: the rows of
+/// the `NT` tiles interleaved, each tile on the accumulator sets of a one-row
+/// [`PanelElem::pass`] over it alone.
+#[inline(always)]
+fn pass_tiles<S: SimdF32, const G: usize, const NT: usize, const PF: bool>(
+    s: S,
+    panels: [&[f32]; NT],
+    h_prev: &[f32],
+    acc: &mut [[[S::X16; G]; 1]; NT],
+) {
+    let len = h_prev.len();
+    let h = [h_prev];
+    for panel in &panels {
+        assert!(panel.len() >= len * G * TILE_UNITS);
+    }
+    reduce_in_sets(
+        len,
+        // The sets of a one-row pass over one tile, so that each tile sums in its order.
+        independent_sets(G * TILE_UNITS / S::LANES),
+        [[[s.splat16(0.0); G]; 1]; NT],
+        acc,
+        #[inline(always)]
+        |k, a| {
+            for (panel, a) in panels.iter().zip(a) {
+                // SAFETY: k < len = h_prev.len(), and every panel holds at least `len`
+                // reduction rows (asserted above).
+                unsafe { fma_row::<S, G, 1, PF>(s, panel, k, &h, a) };
             }
-            return;
-        }
-        // Row k of the reduction goes to set k mod split, the sets are added at the end.
-        let mut sets = [[[s.splat16(0.0); G]; R]; 8];
-        let whole = len / split * split;
-        for k0 in (0..whole).step_by(split) {
-            for (q, set) in sets.iter_mut().enumerate().take(split) {
-                unsafe { fma_row::<S, G, R, PF>(s, panel, k0 + q, &h_prev, set) };
+        },
+        #[inline(always)]
+        |a, set| {
+            for (a, set) in a.iter_mut().zip(set) {
+                add_set(s, a, set);
             }
+        },
+    );
+}
+
+/// `acc += Σ_k row k` over the reduction rows `k < len`, `fma(k, a)` adding row `k` into
+/// accumulators `a`. With `split` > 1 (2, 4 or 8), row `k` goes to set `k mod split` (the
+/// rows past the last whole round to set 0), sets starting at `zero` and added into `acc`
+/// in order at the end by `add`: `split` independent chains per accumulator.
+#[inline(always)]
+fn reduce_in_sets<A: Copy>(
+    len: usize,
+    split: usize,
+    zero: A,
+    acc: &mut A,
+    mut fma: impl FnMut(usize, &mut A),
+    add: impl Fn(&mut A, &A),
+) {
+    if split == 1 {
+        for k in 0..len {
+            fma(k, acc);
         }
-        for k in whole..len {
-            unsafe { fma_row::<S, G, R, PF>(s, panel, k, &h_prev, &mut sets[0]) };
+        return;
+    }
+    let mut sets = [zero; 8];
+    let whole = len / split * split;
+    for k0 in (0..whole).step_by(split) {
+        for (q, set) in sets.iter_mut().enumerate().take(split) {
+            fma(k0 + q, set);
         }
-        add_sets(s, &sets[..split], acc);
+    }
+    for k in whole..len {
+        fma(k, &mut sets[0]);
+    }
+    for set in &sets[..split] {
+        add(acc, set);
     }
 }
 
@@ -201,19 +316,17 @@ fn prefetch_row<S: SimdF32>(s: S, row: *const u8, len: usize) {
     }
 }
 
-/// `acc += Σ sets`, set by set in order.
+/// `acc += set`.
 #[inline(always)]
-fn add_sets<S: SimdF32, const G: usize, const R: usize>(
+fn add_set<S: SimdF32, const G: usize, const R: usize>(
     s: S,
-    sets: &[[[S::X16; G]; R]],
     acc: &mut [[S::X16; G]; R],
+    set: &[[S::X16; G]; R],
 ) {
-    for set in sets {
-        for (a, b) in acc.iter_mut().zip(set) {
-            for (ag, bg) in a.iter_mut().zip(b) {
-                for (x, &y) in ag.as_mut().iter_mut().zip(bg.as_ref()) {
-                    *x = s.add(*x, y);
-                }
+    for (a, b) in acc.iter_mut().zip(set) {
+        for (ag, bg) in a.iter_mut().zip(b) {
+            for (x, &y) in ag.as_mut().iter_mut().zip(bg.as_ref()) {
+                *x = s.add(*x, y);
             }
         }
     }
@@ -240,7 +353,7 @@ impl PanelElem for u16 {
     ) {
         let len = h_prev[0].len();
         let h_prev = h_prev.map(|r| &r[..len]);
-        let (whole, pairs) = (len / 2, len.div_ceil(2));
+        let pairs = len.div_ceil(2);
         assert!(panel.len() >= pairs * G * TILE_UNITS * 2);
         // SAFETY: m < len / 2, so 2m + 1 < len = h_prev[r].len().
         let pair = |m: usize| -> ([S::V; R], [S::V; R]) {
@@ -258,36 +371,132 @@ impl PanelElem for u16 {
                 [s.splat(0.0); R],
             )
         };
-        // SAFETY (every `fma_pair` below): m < pairs and the panel holds `pairs` pairs
-        // (asserted above).
-        let split = independent_sets(R * G * TILE_UNITS / S::LANES);
-        if split == 1 {
-            for m in 0..whole {
-                unsafe { fma_pair::<S, G, R, PF>(s, panel, m, pair(m), acc, None) };
-            }
-            if whole < pairs {
-                unsafe { fma_pair::<S, G, R, PF>(s, panel, whole, tail(), acc, None) };
-            }
-            return;
+        reduce_pairs_in_sets(
+            len,
+            independent_sets(R * G * TILE_UNITS / S::LANES),
+            [[s.splat16(0.0); G]; R],
+            acc,
+            // SAFETY: m < pairs and the panel holds `pairs` pairs (asserted above).
+            #[inline(always)]
+            |m, padded, a, b| {
+                let h = if padded { tail() } else { pair(m) };
+                unsafe { fma_pair::<S, G, R, PF>(s, panel, m, h, a, b) }
+            },
+            #[inline(always)]
+            |a, set| add_set(s, a, set),
+        );
+    }
+
+    #[inline(always)]
+    fn groups_tiles(lanes: usize, gates: usize) -> bool {
+        // As for `f32` (B = 1, `benches/ab.py`, SimpleRNN: H = 64, 256, 512 1.02x, 1.12x, 1.10x).
+        lanes == 16 && gates == 1
+    }
+
+    #[inline(always)]
+    fn accumulate_tiles<S: SimdF32, const G: usize, const NT: usize>(
+        s: S,
+        panels: [&[u16]; NT],
+        h_prev: &[f32],
+        acc: &mut [[[S::X16; G]; 1]; NT],
+        prefetch: bool,
+    ) {
+        if prefetch {
+            pass_tiles_bf16::<S, G, NT, true>(s, panels, h_prev, acc)
+        } else {
+            pass_tiles_bf16::<S, G, NT, false>(s, panels, h_prev, acc)
         }
-        // The two rows of a pair go to two sets; with fewer accumulators, pair m goes to the
-        // two sets of number m mod (split / 2).
-        let half = split / 2;
-        let mut sets = [[[s.splat16(0.0); G]; R]; 8];
-        let rounds = whole / half * half;
-        for m0 in (0..rounds).step_by(half) {
-            for (q, two) in sets.chunks_exact_mut(2).enumerate().take(half) {
-                let [a, b] = two else { unreachable!() };
-                unsafe { fma_pair::<S, G, R, PF>(s, panel, m0 + q, pair(m0 + q), a, Some(b)) };
+    }
+}
+
+/// [`PanelElem::accumulate_tiles`] for bfloat16 panels, prefetching when `PF`: the pairs of
+/// the `NT` tiles interleaved, each tile on the accumulator sets of a one-row
+/// [`PanelElem::pass`] over it alone.
+#[inline(always)]
+fn pass_tiles_bf16<S: SimdF32, const G: usize, const NT: usize, const PF: bool>(
+    s: S,
+    panels: [&[u16]; NT],
+    h_prev: &[f32],
+    acc: &mut [[[S::X16; G]; 1]; NT],
+) {
+    let len = h_prev.len();
+    let pairs = len.div_ceil(2);
+    for panel in &panels {
+        assert!(panel.len() >= pairs * G * TILE_UNITS * 2);
+    }
+    reduce_pairs_in_sets(
+        len,
+        // The sets of a one-row pass over one tile, so that each tile sums in its order.
+        independent_sets(G * TILE_UNITS / S::LANES),
+        [[[s.splat16(0.0); G]; 1]; NT],
+        acc,
+        #[inline(always)]
+        |m, padded, a, mut b| {
+            // SAFETY: m < len / 2 unless padded, so 2m + 1 < len.
+            let h = unsafe {
+                if padded {
+                    ([s.splat(h_prev[len - 1])], [s.splat(0.0)])
+                } else {
+                    (
+                        [s.splat(*h_prev.get_unchecked(2 * m))],
+                        [s.splat(*h_prev.get_unchecked(2 * m + 1))],
+                    )
+                }
+            };
+            for (t, (panel, a)) in panels.iter().zip(a).enumerate() {
+                let b = b.as_deref_mut().map(|b| &mut b[t]);
+                // SAFETY: m < pairs and every panel holds `pairs` pairs (asserted above).
+                unsafe { fma_pair::<S, G, 1, PF>(s, panel, m, h, a, b) };
             }
+        },
+        #[inline(always)]
+        |a, set| {
+            for (a, set) in a.iter_mut().zip(set) {
+                add_set(s, a, set);
+            }
+        },
+    );
+}
+
+/// [`reduce_in_sets`] for the bfloat16 panels, which pair reduction rows: `fma(m, padded, a,
+/// b)` adds pair `m` into accumulators `a`, or its first row into `a` and its second into `b`
+/// when given (`padded`: the last, zero-padded pair of an odd `len`). With `split` > 1 the two
+/// rows of a pair go to two sets, pair `m` to the sets of number `m mod (split / 2)` (the
+/// remaining pairs continuing the alternation).
+#[inline(always)]
+fn reduce_pairs_in_sets<A: Copy>(
+    len: usize,
+    split: usize,
+    zero: A,
+    acc: &mut A,
+    mut fma: impl FnMut(usize, bool, &mut A, Option<&mut A>),
+    add: impl Fn(&mut A, &A),
+) {
+    let (whole, pairs) = (len / 2, len.div_ceil(2));
+    if split == 1 {
+        for m in 0..whole {
+            fma(m, false, acc, None);
         }
-        // The remaining whole pairs and the padded one, continuing the alternation.
-        for (m, two) in (rounds..pairs).zip(sets.chunks_exact_mut(2)) {
+        if whole < pairs {
+            fma(whole, true, acc, None);
+        }
+        return;
+    }
+    let half = split / 2;
+    let mut sets = [zero; 8];
+    let rounds = whole / half * half;
+    for m0 in (0..rounds).step_by(half) {
+        for (q, two) in sets.chunks_exact_mut(2).enumerate().take(half) {
             let [a, b] = two else { unreachable!() };
-            let h = if m < whole { pair(m) } else { tail() };
-            unsafe { fma_pair::<S, G, R, PF>(s, panel, m, h, a, Some(b)) };
+            fma(m0 + q, false, a, Some(b));
         }
-        add_sets(s, &sets[..split], acc);
+    }
+    for (m, two) in (rounds..pairs).zip(sets.chunks_exact_mut(2)) {
+        let [a, b] = two else { unreachable!() };
+        fma(m, m == whole, a, Some(b));
+    }
+    for set in &sets[..split] {
+        add(acc, set);
     }
 }
 
@@ -580,6 +789,14 @@ fn accumulate<S: SimdF32, E: PanelElem, const G: usize, const R: usize>(
     h_prev: [&[f32]; R],
     prefetch: bool,
 ) -> [[S::X16; G]; R] {
+    let mut acc = [bias_row::<S, G>(s, p, tile); R];
+    E::accumulate::<S, G, R>(s, panel(p, weights, tile), h_prev, &mut acc, prefetch);
+    acc
+}
+
+/// The recurrent bias of a tile's units as gate accumulators.
+#[inline(always)]
+fn bias_row<S: SimdF32, const G: usize>(s: S, p: &PackedRecurrent, tile: usize) -> [S::X16; G] {
     let bias = &p.bias[tile * G * TILE_UNITS..(tile + 1) * G * TILE_UNITS];
     let mut row = [s.splat16(0.0); G];
     for (g, ag) in row.iter_mut().enumerate() {
@@ -587,16 +804,23 @@ fn accumulate<S: SimdF32, E: PanelElem, const G: usize, const R: usize>(
             *a = s.load(&bias[g * TILE_UNITS + v * S::LANES..]);
         }
     }
-    let mut acc = [row; R];
+    row
+}
+
+/// A tile's panel of packed weights.
+#[inline(always)]
+fn panel<'w, E>(p: &PackedRecurrent, weights: &'w [E], tile: usize) -> &'w [E] {
     let per_tile = weights.len() / p.tiles();
-    E::accumulate::<S, G, R>(
-        s,
-        &weights[tile * per_tile..(tile + 1) * per_tile],
-        h_prev,
-        &mut acc,
-        prefetch,
-    );
-    acc
+    &weights[tile * per_tile..(tile + 1) * per_tile]
+}
+
+/// The units of a tile (the last one possibly short at `H`).
+#[inline(always)]
+fn tile_lanes(hidden: usize, tile: usize) -> Lanes {
+    Lanes {
+        u0: tile * TILE_UNITS,
+        n: (hidden - tile * TILE_UNITS).min(TILE_UNITS),
+    }
 }
 
 /// Runs `f` for every batch row `b`, tile, and register `v` of the step's tiles, with the
@@ -620,11 +844,11 @@ fn sweep<S: SimdF32, E: PanelElem, const G: usize>(
     // Only a tile's first row block reads its panel from beyond L2; the others find it cached.
     let stream = st.tiles.len() * weights.len() / p.tiles() * std::mem::size_of::<E>();
     let prefetch = streams_from_memory(stream);
+    if st.batch == 1 && E::groups_tiles(S::LANES, G) {
+        return grouped::<S, E, G>(s, p, weights, st, prefetch, &mut f);
+    }
     for tile in sweep_order(st.tiles.clone(), st.reverse) {
-        let lanes = Lanes {
-            u0: tile * TILE_UNITS,
-            n: (h - tile * TILE_UNITS).min(TILE_UNITS),
-        };
+        let lanes = tile_lanes(h, tile);
         let mut b = 0;
         while b < st.batch {
             // Whole blocks, then the rest in blocks of 4, 2 and 1 rows.
@@ -687,6 +911,83 @@ fn sweep<S: SimdF32, E: PanelElem, const G: usize>(
             };
         }
     }
+}
+
+/// [`sweep`] for a single batch row, [`TILE_GROUP`] tiles per pass
+/// ([`PanelElem::accumulate_tiles`]): one row's pass over one tile is a chain of dependent
+/// steps (reduction, sum of the sets, activation) that the core overlaps poorly with the next
+/// tile's, while tiles interleaved in one pass keep that much more independent work in flight.
+#[inline(always)]
+fn grouped<S: SimdF32, E: PanelElem, const G: usize>(
+    s: S,
+    p: &PackedRecurrent,
+    weights: &[E],
+    st: &mut PackedStep<'_>,
+    prefetch: bool,
+    f: &mut impl FnMut(&mut PackedStep<'_>, usize, &Lanes, usize, &[S::X16; G]),
+) {
+    const NT: usize = TILE_GROUP;
+    let h = p.hidden;
+    for group in groups::<NT>(sweep_order(st.tiles.clone(), st.reverse)) {
+        let tiles = match group {
+            Group::Whole(tiles) => tiles,
+            Group::Single(tile) => {
+                rows::<S, E, G, 1>(
+                    s,
+                    p,
+                    weights,
+                    st,
+                    tile,
+                    &tile_lanes(h, tile),
+                    0,
+                    prefetch,
+                    f,
+                );
+                continue;
+            }
+        };
+        let mut acc = tiles.map(|tile| [bias_row::<S, G>(s, p, tile)]);
+        let panels = tiles.map(|tile| panel(p, weights, tile));
+        E::accumulate_tiles::<S, G, NT>(s, panels, &st.h_prev[..h], &mut acc, prefetch);
+        for (&tile, [acc]) in tiles.iter().zip(&acc) {
+            let lanes = tile_lanes(h, tile);
+            for v in (0..TILE_UNITS / S::LANES).take_while(|v| v * S::LANES < lanes.n) {
+                f(st, 0, &lanes, v, acc);
+            }
+        }
+    }
+}
+
+/// A step of [`groups`].
+enum Group<const NT: usize> {
+    Whole([usize; NT]),
+    /// One of the last tiles, which make no whole group: it runs alone (and sums in the same
+    /// order as in a group, see [`PanelElem::accumulate_tiles`]).
+    Single(usize),
+}
+
+/// The tiles of `order`, `NT` at a time.
+#[inline(always)]
+fn groups<const NT: usize>(
+    mut order: impl Iterator<Item = usize>,
+) -> impl Iterator<Item = Group<NT>> {
+    let (mut rest, mut next_rest, mut rest_len) = ([0; NT], 0, 0);
+    std::iter::from_fn(move || {
+        if next_rest == rest_len {
+            let mut tiles = [0; NT];
+            let n = tiles
+                .iter_mut()
+                .map_while(|t| order.next().map(|next| *t = next))
+                .count();
+            if n == NT {
+                return Some(Group::Whole(tiles));
+            }
+            (rest, next_rest, rest_len) = (tiles, 0, n);
+        }
+        let tile = *rest[..rest_len].get(next_rest)?;
+        next_rest += 1;
+        Some(Group::Single(tile))
+    })
 }
 
 /// `tiles` first to last, or last to first with `reverse`.
@@ -872,12 +1173,31 @@ pub(crate) fn recurrent_grad<S: SimdF32>(
     let block = grad_row_block(S::LANES);
     let prefetch = streams_from_memory(units.len() * gh * std::mem::size_of::<f32>());
     let tiles = units.start / TILE_UNITS..units.end.div_ceil(TILE_UNITS);
+    let panel = |tile: usize| &panels[tile * gh * TILE_UNITS..(tile + 1) * gh * TILE_UNITS];
+    if batch == 1 && f32::groups_tiles(S::LANES, 1) {
+        // One row: the tiles in groups, as the SimpleRNN forward step runs them.
+        const NT: usize = TILE_GROUP;
+        for group in groups::<NT>(sweep_order(tiles, reverse)) {
+            match group {
+                Group::Whole(tiles) => {
+                    let mut acc = [[[s.splat16(0.0)]]; NT];
+                    let panels = tiles.map(panel);
+                    f32::accumulate_tiles::<S, 1, NT>(s, panels, &d[..gh], &mut acc, prefetch);
+                    for (&tile, [[acc]]) in tiles.iter().zip(&acc) {
+                        add_state_grad(s, &mut dh[..h], &tile_lanes(h, tile), acc);
+                    }
+                }
+                Group::Single(tile) => {
+                    let lanes = tile_lanes(h, tile);
+                    grad_rows::<S, 1>(s, panel(tile), d, gh, dh, h, &lanes, 0, prefetch);
+                }
+            }
+        }
+        return;
+    }
     for tile in sweep_order(tiles, reverse) {
-        let panel = &panels[tile * gh * TILE_UNITS..(tile + 1) * gh * TILE_UNITS];
-        let lanes = Lanes {
-            u0: tile * TILE_UNITS,
-            n: (h - tile * TILE_UNITS).min(TILE_UNITS),
-        };
+        let panel = panel(tile);
+        let lanes = tile_lanes(h, tile);
         let mut b = 0;
         while b < batch {
             b += match (batch - b).min(block) {
@@ -919,13 +1239,18 @@ fn grad_rows<S: SimdF32, const R: usize>(
         prefetch,
     );
     for (r, [acc]) in acc.iter().enumerate() {
-        let row = &mut dh[(b0 + r) * h..(b0 + r + 1) * h];
-        for v in (0..TILE_UNITS / S::LANES).take_while(|v| v * S::LANES < lanes.n) {
-            let sum = s.add(lanes.load(s, row, v), acc[v]);
-            lanes.store(s, row, v, sum);
-        }
+        add_state_grad(s, &mut dh[(b0 + r) * h..(b0 + r + 1) * h], lanes, acc);
     }
     R
+}
+
+/// `row[units] += acc`, a tile's share of one row's state gradient.
+#[inline(always)]
+fn add_state_grad<S: SimdF32>(s: S, row: &mut [f32], lanes: &Lanes, acc: &S::X16) {
+    for v in (0..TILE_UNITS / S::LANES).take_while(|v| v * S::LANES < lanes.n) {
+        let sum = s.add(lanes.load(s, row, v), acc.as_ref()[v]);
+        lanes.store(s, row, v, sum);
+    }
 }
 
 /// Input values (`f32`) of the rows one projection chunk keeps in cache while every panel
