@@ -89,8 +89,12 @@ pub(crate) trait PanelElem: Copy {
     /// [`TILE_GROUP`] tiles at once ([`PanelElem::accumulate_tiles`]).
     #[inline(always)]
     fn groups_tiles(lanes: usize, gates: usize) -> bool {
-        let _ = (lanes, gates);
-        false
+        // SimpleRNN on AVX-512: three tiles of eight accumulators, 24 of the 32 registers
+        // (B = 1, `benches/ab.py`, H = 64, 256, 512: `f32` 1.05x, 1.09x, 1.10x; bfloat16
+        // 1.02x, 1.12x, 1.10x). LSTM and GRU, whose passes already run four or three gates'
+        // chains, measured 0.89–1.01x grouped by two or three (`f32`, H = 64 to 512); AVX2's
+        // 16 registers hold one tile's accumulators.
+        lanes == 16 && gates == 1
     }
 
     /// [`PanelElem::accumulate`] for one batch row over the `NT` tiles of `panels` at once,
@@ -104,10 +108,22 @@ pub(crate) trait PanelElem: Copy {
         acc: &mut [[[S::X16; G]; 1]; NT],
         prefetch: bool,
     ) {
-        for (panel, acc) in panels.into_iter().zip(acc) {
-            Self::accumulate::<S, G, 1>(s, panel, [h_prev], acc, prefetch);
+        if prefetch {
+            Self::pass_tiles::<S, G, NT, true>(s, panels, h_prev, acc)
+        } else {
+            Self::pass_tiles::<S, G, NT, false>(s, panels, h_prev, acc)
         }
     }
+
+    /// [`PanelElem::accumulate_tiles`], prefetching when `PF`: the reduction rows of the `NT`
+    /// tiles interleaved, each tile on the accumulator sets of a one-row
+    /// [`PanelElem::pass`] over it alone.
+    fn pass_tiles<S: SimdF32, const G: usize, const NT: usize, const PF: bool>(
+        s: S,
+        panels: [&[Self]; NT],
+        h_prev: &[f32],
+        acc: &mut [[[S::X16; G]; 1]; NT],
+    );
 }
 
 impl PanelElem for f32 {
@@ -148,66 +164,35 @@ impl PanelElem for f32 {
     }
 
     #[inline(always)]
-    fn groups_tiles(lanes: usize, gates: usize) -> bool {
-        // SimpleRNN on AVX-512: three tiles of eight accumulators, 24 of the 32 registers
-        // (B = 1, `benches/ab.py`: H = 64, 256, 512 1.05x, 1.09x, 1.10x). LSTM and GRU,
-        // whose passes already run four or three gates' chains, measured 0.89–1.01x grouped
-        // by two or three (H = 64 to 512); AVX2's 16 registers hold one tile's accumulators.
-        lanes == 16 && gates == 1
-    }
-
-    #[inline(always)]
-    fn accumulate_tiles<S: SimdF32, const G: usize, const NT: usize>(
+    fn pass_tiles<S: SimdF32, const G: usize, const NT: usize, const PF: bool>(
         s: S,
         panels: [&[f32]; NT],
         h_prev: &[f32],
         acc: &mut [[[S::X16; G]; 1]; NT],
-        prefetch: bool,
     ) {
-        if prefetch {
-            pass_tiles::<S, G, NT, true>(s, panels, h_prev, acc)
-        } else {
-            pass_tiles::<S, G, NT, false>(s, panels, h_prev, acc)
+        let len = h_prev.len();
+        let h = [h_prev];
+        for panel in &panels {
+            assert!(panel.len() >= len * G * TILE_UNITS);
         }
+        reduce_in_sets(
+            len,
+            // The sets of a one-row pass over one tile, so that each tile sums in its order.
+            independent_sets(G * TILE_UNITS / S::LANES),
+            [[[s.splat16(0.0); G]; 1]; NT],
+            acc,
+            #[inline(always)]
+            |k, a| {
+                for (panel, a) in panels.iter().zip(a) {
+                    // SAFETY: k < len = h_prev.len(), and every panel holds at least `len`
+                    // reduction rows (asserted above).
+                    unsafe { fma_row::<S, G, 1, PF>(s, panel, k, &h, a) };
+                }
+            },
+            #[inline(always)]
+            |a, set| add_tile_sets(s, a, set),
+        );
     }
-}
-
-/// [`PanelElem::accumulate_tiles`] for `f32` panels, prefetching when `PF`: the rows of
-/// the `NT` tiles interleaved, each tile on the accumulator sets of a one-row
-/// [`PanelElem::pass`] over it alone.
-#[inline(always)]
-fn pass_tiles<S: SimdF32, const G: usize, const NT: usize, const PF: bool>(
-    s: S,
-    panels: [&[f32]; NT],
-    h_prev: &[f32],
-    acc: &mut [[[S::X16; G]; 1]; NT],
-) {
-    let len = h_prev.len();
-    let h = [h_prev];
-    for panel in &panels {
-        assert!(panel.len() >= len * G * TILE_UNITS);
-    }
-    reduce_in_sets(
-        len,
-        // The sets of a one-row pass over one tile, so that each tile sums in its order.
-        independent_sets(G * TILE_UNITS / S::LANES),
-        [[[s.splat16(0.0); G]; 1]; NT],
-        acc,
-        #[inline(always)]
-        |k, a| {
-            for (panel, a) in panels.iter().zip(a) {
-                // SAFETY: k < len = h_prev.len(), and every panel holds at least `len`
-                // reduction rows (asserted above).
-                unsafe { fma_row::<S, G, 1, PF>(s, panel, k, &h, a) };
-            }
-        },
-        #[inline(always)]
-        |a, set| {
-            for (a, set) in a.iter_mut().zip(set) {
-                add_set(s, a, set);
-            }
-        },
-    );
 }
 
 /// `acc += Σ_k row k` over the reduction rows `k < len`, `fma(k, a)` adding row `k` into
@@ -316,6 +301,18 @@ fn prefetch_row<S: SimdF32>(s: S, row: *const u8, len: usize) {
     }
 }
 
+/// `acc[t] += set[t]` for every tile `t` of a grouped pass.
+#[inline(always)]
+fn add_tile_sets<S: SimdF32, const G: usize, const NT: usize>(
+    s: S,
+    acc: &mut [[[S::X16; G]; 1]; NT],
+    set: &[[[S::X16; G]; 1]; NT],
+) {
+    for (a, set) in acc.iter_mut().zip(set) {
+        add_set(s, a, set);
+    }
+}
+
 /// `acc += set`.
 #[inline(always)]
 fn add_set<S: SimdF32, const G: usize, const R: usize>(
@@ -388,74 +385,46 @@ impl PanelElem for u16 {
     }
 
     #[inline(always)]
-    fn groups_tiles(lanes: usize, gates: usize) -> bool {
-        // As for `f32` (B = 1, `benches/ab.py`, SimpleRNN: H = 64, 256, 512 1.02x, 1.12x, 1.10x).
-        lanes == 16 && gates == 1
-    }
-
-    #[inline(always)]
-    fn accumulate_tiles<S: SimdF32, const G: usize, const NT: usize>(
+    fn pass_tiles<S: SimdF32, const G: usize, const NT: usize, const PF: bool>(
         s: S,
         panels: [&[u16]; NT],
         h_prev: &[f32],
         acc: &mut [[[S::X16; G]; 1]; NT],
-        prefetch: bool,
     ) {
-        if prefetch {
-            pass_tiles_bf16::<S, G, NT, true>(s, panels, h_prev, acc)
-        } else {
-            pass_tiles_bf16::<S, G, NT, false>(s, panels, h_prev, acc)
+        let len = h_prev.len();
+        let pairs = len.div_ceil(2);
+        for panel in &panels {
+            assert!(panel.len() >= pairs * G * TILE_UNITS * 2);
         }
-    }
-}
-
-/// [`PanelElem::accumulate_tiles`] for bfloat16 panels, prefetching when `PF`: the pairs of
-/// the `NT` tiles interleaved, each tile on the accumulator sets of a one-row
-/// [`PanelElem::pass`] over it alone.
-#[inline(always)]
-fn pass_tiles_bf16<S: SimdF32, const G: usize, const NT: usize, const PF: bool>(
-    s: S,
-    panels: [&[u16]; NT],
-    h_prev: &[f32],
-    acc: &mut [[[S::X16; G]; 1]; NT],
-) {
-    let len = h_prev.len();
-    let pairs = len.div_ceil(2);
-    for panel in &panels {
-        assert!(panel.len() >= pairs * G * TILE_UNITS * 2);
-    }
-    reduce_pairs_in_sets(
-        len,
-        // The sets of a one-row pass over one tile, so that each tile sums in its order.
-        independent_sets(G * TILE_UNITS / S::LANES),
-        [[[s.splat16(0.0); G]; 1]; NT],
-        acc,
-        #[inline(always)]
-        |m, padded, a, mut b| {
-            // SAFETY: m < len / 2 unless padded, so 2m + 1 < len.
-            let h = unsafe {
-                if padded {
-                    ([s.splat(h_prev[len - 1])], [s.splat(0.0)])
-                } else {
-                    (
-                        [s.splat(*h_prev.get_unchecked(2 * m))],
-                        [s.splat(*h_prev.get_unchecked(2 * m + 1))],
-                    )
+        reduce_pairs_in_sets(
+            len,
+            // The sets of a one-row pass over one tile, so that each tile sums in its order.
+            independent_sets(G * TILE_UNITS / S::LANES),
+            [[[s.splat16(0.0); G]; 1]; NT],
+            acc,
+            #[inline(always)]
+            |m, padded, a, mut b| {
+                // SAFETY: m < len / 2 unless padded, so 2m + 1 < len.
+                let h = unsafe {
+                    if padded {
+                        ([s.splat(h_prev[len - 1])], [s.splat(0.0)])
+                    } else {
+                        (
+                            [s.splat(*h_prev.get_unchecked(2 * m))],
+                            [s.splat(*h_prev.get_unchecked(2 * m + 1))],
+                        )
+                    }
+                };
+                for (t, (panel, a)) in panels.iter().zip(a).enumerate() {
+                    let b = b.as_deref_mut().map(|b| &mut b[t]);
+                    // SAFETY: m < pairs and every panel holds `pairs` pairs (asserted above).
+                    unsafe { fma_pair::<S, G, 1, PF>(s, panel, m, h, a, b) };
                 }
-            };
-            for (t, (panel, a)) in panels.iter().zip(a).enumerate() {
-                let b = b.as_deref_mut().map(|b| &mut b[t]);
-                // SAFETY: m < pairs and every panel holds `pairs` pairs (asserted above).
-                unsafe { fma_pair::<S, G, 1, PF>(s, panel, m, h, a, b) };
-            }
-        },
-        #[inline(always)]
-        |a, set| {
-            for (a, set) in a.iter_mut().zip(set) {
-                add_set(s, a, set);
-            }
-        },
-    );
+            },
+            #[inline(always)]
+            |a, set| add_tile_sets(s, a, set),
+        );
+    }
 }
 
 /// [`reduce_in_sets`] for the bfloat16 panels, which pair reduction rows: `fma(m, padded, a,
