@@ -34,6 +34,8 @@ section "fuzz targets, ${FUZZ_SECONDS}s each"
 if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked
 fi
+# All targets in one build (they compile in parallel); each run below then finds its binary built.
+cargo fuzz build --fuzz-dir fuzz --sanitizer none
 mkdir -p target/fuzz-logs
 for target in $(cargo fuzz list --fuzz-dir fuzz); do
     echo "-- fuzz $target"
@@ -54,10 +56,10 @@ for target in $(cargo fuzz list --fuzz-dir fuzz); do
 done
 
 section "AddressSanitizer: kernel tests"
-# Optimisation level 1 keeps the instrumented build short; the C ABI's pointer handling runs
-# under ASan through the kept fuzz inputs (fuzz_regressions).
+# The test profile (optimisation level 1); the C ABI's pointer handling runs under ASan
+# through the kept fuzz inputs (fuzz_regressions).
 RUSTC_BOOTSTRAP=1 RUSTFLAGS="-Zsanitizer=address" ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1 \
-    PROPTEST_CASES=${ASAN_PROPTEST_CASES:-16} CARGO_PROFILE_TEST_OPT_LEVEL=1 \
+    PROPTEST_CASES=${ASAN_PROPTEST_CASES:-16} \
     cargo test --target x86_64-unknown-linux-gnu --target-dir target/asan \
     --lib --test prop_kernels --test backends --test fuzz_regressions
 section "done"
