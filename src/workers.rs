@@ -9,11 +9,15 @@
 //! One caller at a time uses the workers. A second caller that arrives meanwhile (another user
 //! thread, or a job that itself runs something in parallel) starts scoped threads of its own
 //! instead, so nothing ever waits for the workers.
+//!
+//! When the system refuses a thread, nothing panics: jobs that do not wait for each other run
+//! one after another on the calling thread ([`run`], [`map`]); jobs that do are not started at
+//! all ([`map_together`] says so), and the engine runs that loop on one thread instead.
 
 use std::any::Any;
 use std::cell::UnsafeCell;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
@@ -23,12 +27,74 @@ use crate::cpu::{Backend, active_backend, with_backend};
 /// How long an idle worker keeps checking for a new job before it sleeps.
 const SPIN: Duration = Duration::from_micros(200);
 
-/// Runs `job(0)`, …, `job(jobs − 1)` at the same time, `job(0)` on the calling thread, and
-/// returns once every one has returned. Each job runs under the caller's kernel backend. A
-/// panic in any job is raised again here, after all have finished.
+/// Runs `job(0)`, …, `job(jobs − 1)`, at the same time where it can: `job(0)` on the calling
+/// thread, the others on workers. When the system refuses a thread, the jobs run one after
+/// another on the calling thread instead, so they must not wait for each other (see
+/// [`map_together`] for jobs that do). Returns once every job has returned. Each job runs
+/// under the caller's kernel backend. A panic in any job is raised again here, after all have
+/// finished.
 pub(crate) fn run(jobs: usize, job: &(dyn Fn(usize) + Sync)) {
+    if launch(jobs, job).is_err() {
+        (0..jobs).for_each(job);
+    }
+}
+
+/// Runs `worker` on every job through [`run`] (so the jobs must not wait for each other);
+/// returns the results in the jobs' order.
+pub(crate) fn map<J: Send, R: Send>(
+    jobs: impl IntoIterator<Item = J>,
+    worker: impl Fn(J) -> R + Sync,
+) -> Vec<R> {
+    let all = |jobs: usize, job: &(dyn Fn(usize) + Sync)| {
+        run(jobs, job);
+        Ok(())
+    };
+    collect(jobs, worker, all).unwrap_or_default()
+}
+
+/// Like [`map`] for jobs that wait for each other (at a barrier, say), which therefore need a
+/// thread each: `None`, and no job run, when the system refuses a thread.
+pub(crate) fn map_together<J: Send, R: Send>(
+    jobs: impl IntoIterator<Item = J>,
+    worker: impl Fn(J) -> R + Sync,
+) -> Option<Vec<R>> {
+    collect(jobs, worker, launch)
+}
+
+/// `worker` on every job through `runner`; the results in the jobs' order, or `None` when
+/// `runner` ran no job.
+fn collect<J: Send, R: Send>(
+    jobs: impl IntoIterator<Item = J>,
+    worker: impl Fn(J) -> R + Sync,
+    runner: impl FnOnce(usize, &(dyn Fn(usize) + Sync)) -> Result<(), NoThreads>,
+) -> Option<Vec<R>> {
+    let jobs: Vec<Mutex<Option<J>>> = jobs.into_iter().map(|j| Mutex::new(Some(j))).collect();
+    let results: Vec<Mutex<Option<R>>> = jobs.iter().map(|_| Mutex::new(None)).collect();
+    runner(jobs.len(), &|k| {
+        if let Some(j) = lock(&jobs[k]).take() {
+            let r = worker(j);
+            *lock(&results[k]) = Some(r);
+        }
+    })
+    .ok()?;
+    let results = results.into_iter().map(|r| {
+        r.into_inner()
+            .unwrap_or_else(|e| e.into_inner())
+            .expect("every job ran")
+    });
+    Some(results.collect())
+}
+
+/// Why jobs could not run side by side: the system refused to start a thread.
+#[derive(Debug)]
+pub(crate) struct NoThreads;
+
+/// Runs the jobs at the same time, on the workers or, while another caller holds them, on
+/// threads of this call; `Err` when a thread cannot be started, and then no job has run.
+fn launch(jobs: usize, job: &(dyn Fn(usize) + Sync)) -> Result<(), NoThreads> {
     if jobs <= 1 {
-        return (0..jobs).for_each(job);
+        (0..jobs).for_each(job);
+        return Ok(());
     }
     let backend = active_backend();
     let workers = match POOL.get_or_init(Pool::default).dispatch.try_lock() {
@@ -39,13 +105,43 @@ pub(crate) fn run(jobs: usize, job: &(dyn Fn(usize) + Sync)) {
     };
     match workers {
         Some(mut workers) => dispatch(&mut workers, backend, jobs, job),
-        None => std::thread::scope(|scope| {
-            for k in 1..jobs {
-                scope.spawn(move || under(backend, || job(k)));
-            }
-            job(0);
-        }),
+        None => scoped(backend, jobs, job),
     }
+}
+
+/// [`launch`] on threads started for this call. They wait at a gate until all have started,
+/// so that a refused thread leaves every job unrun.
+fn scoped(backend: Backend, jobs: usize, job: &(dyn Fn(usize) + Sync)) -> Result<(), NoThreads> {
+    const WAIT: u8 = 0;
+    const GO: u8 = 1;
+    const GIVE_UP: u8 = 2;
+    let gate = AtomicU8::new(WAIT);
+    let gate = &gate;
+    std::thread::scope(|scope| {
+        for k in 1..jobs {
+            let started = spawn_allowed()
+                .and_then(|()| {
+                    std::thread::Builder::new().spawn_scoped(scope, move || {
+                        spin_until(
+                            || gate.load(Ordering::Acquire) != WAIT,
+                            64,
+                            std::thread::yield_now,
+                        );
+                        if gate.load(Ordering::Acquire) == GO {
+                            under(backend, || job(k));
+                        }
+                    })
+                })
+                .is_ok();
+            if !started {
+                gate.store(GIVE_UP, Ordering::Release);
+                return Err(NoThreads);
+            }
+        }
+        gate.store(GO, Ordering::Release);
+        job(0);
+        Ok(())
+    })
 }
 
 /// `f` under `backend`, which the caller already runs on, so it is available.
@@ -53,27 +149,19 @@ fn under(backend: Backend, f: impl FnOnce()) {
     with_backend(backend, f).unwrap_or_default()
 }
 
-/// Runs `worker` on every job through [`run`]; returns the results in the jobs' order.
-pub(crate) fn map<J: Send, R: Send>(
-    jobs: impl IntoIterator<Item = J>,
-    worker: impl Fn(J) -> R + Sync,
-) -> Vec<R> {
-    let jobs: Vec<Mutex<Option<J>>> = jobs.into_iter().map(|j| Mutex::new(Some(j))).collect();
-    let results: Vec<Mutex<Option<R>>> = jobs.iter().map(|_| Mutex::new(None)).collect();
-    run(jobs.len(), &|k| {
-        if let Some(j) = lock(&jobs[k]).take() {
-            let r = worker(j);
-            *lock(&results[k]) = Some(r);
-        }
-    });
-    results
-        .into_iter()
-        .map(|r| {
-            r.into_inner()
-                .unwrap_or_else(|e| e.into_inner())
-                .expect("every job ran")
-        })
-        .collect()
+#[cfg(test)]
+thread_local! {
+    /// Tests: thread starts requested from this thread fail, as when the system refuses them.
+    static REFUSE_THREADS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether this thread may start a thread (always, outside the tests of refused threads).
+fn spawn_allowed() -> std::io::Result<()> {
+    #[cfg(test)]
+    if REFUSE_THREADS.with(|r| r.get()) {
+        return Err(std::io::Error::other("thread start refused (test)"));
+    }
+    Ok(())
 }
 
 /// `m` locked; a panic of another holder does not matter to the plain data kept here.
@@ -124,19 +212,22 @@ unsafe impl Sync for Worker {}
 unsafe impl Send for Worker {}
 
 impl Worker {
-    fn start() -> Arc<Worker> {
+    fn start() -> Result<Arc<Worker>, NoThreads> {
         let w = Arc::new(Worker {
             posted: AtomicUsize::new(0),
             task: UnsafeCell::new(None),
             thread: OnceLock::new(),
         });
         let mine = Arc::clone(&w);
-        let handle = std::thread::Builder::new()
-            .name("fused-rnn worker".into())
-            .spawn(move || mine.serve())
-            .expect("the system starts a worker thread");
+        let handle = spawn_allowed()
+            .and_then(|()| {
+                std::thread::Builder::new()
+                    .name("fused-rnn worker".into())
+                    .spawn(move || mine.serve())
+            })
+            .map_err(|_| NoThreads)?;
         let _ = w.thread.set(handle.thread().clone());
-        w
+        Ok(w)
     }
 
     /// The worker's loop: wait for the next posted task, run it, report it.
@@ -185,15 +276,16 @@ pub(crate) fn spin_until(done: impl Fn() -> bool, every: u32, mut idle: impl FnM
     }
 }
 
-/// Hands jobs `1..jobs` to workers (started as needed), runs job 0 here, and waits for all.
+/// Hands jobs `1..jobs` to workers (started as needed, before any job runs), runs job 0 here,
+/// and waits for all.
 fn dispatch(
     workers: &mut Vec<Arc<Worker>>,
     backend: Backend,
     jobs: usize,
     job: &(dyn Fn(usize) + Sync),
-) {
+) -> Result<(), NoThreads> {
     while workers.len() < jobs - 1 {
-        workers.push(Worker::start());
+        workers.push(Worker::start()?);
     }
     let call = Call {
         running: AtomicUsize::new(jobs - 1),
@@ -236,10 +328,11 @@ fn dispatch(
     if let Some(p) = lock(&call.panic).take() {
         resume_unwind(p);
     }
+    Ok(())
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -285,6 +378,51 @@ mod tests {
         assert_eq!(done.load(Ordering::Relaxed), 2);
         // The workers serve later calls.
         assert_eq!(map(0..3, |k| k + 1), vec![1, 2, 3]);
+    }
+
+    /// Runs `f` with thread starts from this thread refused.
+    fn refusing<R>(f: impl FnOnce() -> R) -> R {
+        REFUSE_THREADS.with(|r| r.set(true));
+        let out = catch_unwind(AssertUnwindSafe(f));
+        REFUSE_THREADS.with(|r| r.set(false));
+        out.unwrap_or_else(|p| resume_unwind(p))
+    }
+
+    /// Runs `f` while the workers are taken, so that every parallel call in it must start
+    /// threads, with those starts refused.
+    pub(crate) fn refusing_threads<R>(f: impl FnOnce() -> R) -> R {
+        let _taken = lock(&POOL.get_or_init(Pool::default).dispatch);
+        refusing(f)
+    }
+
+    /// More jobs than the pool has workers, so a call must start threads.
+    const MANY: usize = 64;
+
+    fn refused_threads_leave_jobs_to_the_caller(refuse: fn(&mut dyn FnMut())) {
+        let caller = std::thread::current().id();
+        let mut ran_on = Vec::new();
+        refuse(&mut || ran_on = map(0..MANY, |_| std::thread::current().id()));
+        assert_eq!(ran_on, vec![caller; MANY]);
+        let ran = AtomicUsize::new(0);
+        let mut together = Some(Vec::new());
+        refuse(&mut || {
+            together = map_together(0..MANY, |k| {
+                ran.fetch_add(1, Ordering::Relaxed);
+                k
+            })
+        });
+        assert!(together.is_none());
+        assert_eq!(ran.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn refused_worker_threads_run_nothing_or_everything_here() {
+        refused_threads_leave_jobs_to_the_caller(|f| refusing(f));
+    }
+
+    #[test]
+    fn refused_threads_of_a_second_caller_run_nothing_or_everything_here() {
+        refused_threads_leave_jobs_to_the_caller(|f| refusing_threads(f));
     }
 
     #[test]

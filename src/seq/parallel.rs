@@ -61,7 +61,8 @@ pub(super) struct Outputs<'a, T> {
 }
 
 /// Runs the forward loop on `threads` threads (at most the cell's `max_parts`); returns the
-/// final state. `initial` is the full `[S, B, H]` start state.
+/// final state, or `None`, with nothing written, when the system refuses a thread. `initial`
+/// is the full `[S, B, H]` start state.
 pub(super) fn forward<T: Real, C: Cell<T> + ?Sized>(
     cell: &C,
     spec: &SeqSpec,
@@ -70,7 +71,7 @@ pub(super) fn forward<T: Real, C: Cell<T> + ?Sized>(
     rows: &StepRows<'_, T>,
     initial: &[T],
     out: Outputs<'_, T>,
-) -> Vec<T> {
+) -> Option<Vec<T>> {
     let p = threads.min(cell.max_parts(d.b)).max(1);
     let sl = d.state_len;
     let tw = d.b * d.tw;
@@ -124,8 +125,8 @@ pub(super) fn forward<T: Real, C: Cell<T> + ?Sized>(
 
     let mut out = Some(out);
     let jobs = (0..p).map(|q| (q, if q == 0 { out.take() } else { None }));
-    let mut finals = workers::map(jobs, |(q, out)| worker(q, out));
-    finals.swap_remove(0)
+    let mut finals = workers::map_together(jobs, |(q, out)| worker(q, out))?;
+    Some(finals.swap_remove(0))
 }
 
 /// One row part's share of the outputs: `y` row by row, and when training its rows of every
@@ -261,6 +262,7 @@ pub(super) fn forward_by_rows<T: Real, C: Cell<T> + ?Sized>(
 /// What the reverse step loop reads: `x` in processing order, the training record (state
 /// snapshots `[T + 1, S, B, H]` and the cell's records `[T, B, tape_width]`) and the upstream
 /// gradients.
+#[derive(Clone, Copy)]
 pub(super) struct BackwardInputs<'a, T> {
     pub xs: &'a [T],
     pub states: &'a [T],
@@ -340,7 +342,8 @@ pub(super) fn backward_by_rows<T: Real, C: Cell<T> + ?Sized>(
 
 /// The reverse step loop split by hidden units ([`Cell::backward_unit_parts`]) on `p` threads,
 /// each owning a [`Part`] for the whole sequence, writing every step of `d_proj` (processing
-/// order); returns the gradient on the initial state `[S, B, H]`.
+/// order); returns the gradient on the initial state `[S, B, H]`, or `None`, with nothing
+/// written, when the system refuses a thread.
 ///
 /// Per step a thread runs the gate half for its units into a buffer of its own, all threads
 /// meet at one barrier, then each gathers the step's whole `d_proj` from the others' buffers
@@ -354,7 +357,7 @@ pub(super) fn backward_by_units<T: Real, C: Cell<T> + ?Sized>(
     p: usize,
     input: BackwardInputs<'_, T>,
     d_proj: &mut [T],
-) -> Vec<T> {
+) -> Option<Vec<T>> {
     let sl = d.state_len;
     let bp = d.b * d.p;
     let parts: Vec<Part> = (0..p).map(|index| Part { index, count: p }).collect();
@@ -397,13 +400,13 @@ pub(super) fn backward_by_units<T: Real, C: Cell<T> + ?Sized>(
 
     let mut d_proj = Some(d_proj);
     let jobs = (0..p).map(|q| (q, if q == 0 { d_proj.take() } else { None }));
-    let finals = workers::map(jobs, |(q, out)| worker(q, out));
+    let finals = workers::map_together(jobs, |(q, out)| worker(q, out))?;
     // Each thread's units of every state tensor and row.
     let mut full = vec![T::ZERO; sl];
     for (u, part) in units.iter().zip(&finals) {
         copy_units(&mut full, part, d.h, u);
     }
-    full
+    Some(full)
 }
 
 /// Copies the units `u` of every block of `h` values (a row of a state tensor, or of a gate

@@ -191,13 +191,17 @@ fn run_forward<T: Real, C: Cell<T> + ?Sized>(
     if spec.threads > 1 && cell.max_parts(d.b) > 1 {
         let initial = states[..sl].to_vec();
         let out = parallel::Outputs {
-            states,
-            cell_tape,
+            states: &mut *states,
+            cell_tape: &mut *cell_tape,
             y: &mut y,
             training,
         };
-        let final_state = parallel::forward(cell, spec, d, spec.threads, &rows, &initial, out);
-        return Ok(Output { y, final_state });
+        // Without the threads, the loop below runs it on this one.
+        if let Some(final_state) =
+            parallel::forward(cell, spec, d, spec.threads, &rows, &initial, out)
+        {
+            return Ok(Output { y, final_state });
+        }
     }
     let mut scratch = try_filled("scratch", d.b * d.sw, T::ZERO)?;
     let bh = d.b * d.h;
@@ -334,22 +338,29 @@ pub fn bptt_into<T: Real, C: Cell<T> + ?Sized>(
         Some(parts) => {
             parallel::backward_by_rows(cell, spec, &d, &parts, input, &mut dxs, &mut d_proj)
         }
-        None => match cell
-            .backward_unit_parts(d.b, spec.threads)
-            .min(spec.threads)
-        {
-            p if p > 1 => parallel::backward_by_units(cell, spec, &d, p, input, &mut d_proj),
-            _ => backward_steps(
-                cell,
-                spec,
-                &d,
-                input,
-                &mut try_filled("scratch", d.b * d.sw, T::ZERO)?,
-                &mut dxs,
-                &mut d_proj,
-                &mut grads.params,
-            ),
-        },
+        None => {
+            let p = cell
+                .backward_unit_parts(d.b, spec.threads)
+                .min(spec.threads);
+            let by_units = match p {
+                // `None` too when the system refuses a thread: then this thread runs it.
+                p if p > 1 => parallel::backward_by_units(cell, spec, &d, p, input, &mut d_proj),
+                _ => None,
+            };
+            match by_units {
+                Some(d_initial) => d_initial,
+                None => backward_steps(
+                    cell,
+                    spec,
+                    &d,
+                    input,
+                    &mut try_filled("scratch", d.b * d.sw, T::ZERO)?,
+                    &mut dxs,
+                    &mut d_proj,
+                    &mut grads.params,
+                ),
+            }
+        }
     };
     grads.d_initial_state.copy_from_slice(&d_initial);
     // The products over all T·B rows split across the spec's threads.
@@ -445,4 +456,33 @@ fn backward_steps<T: Real, C: Cell<T> + ?Sized>(
         std::mem::swap(&mut d_next, &mut d_state);
     }
     d_next
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::cell::Cell;
+    use crate::prelude::*;
+    use crate::workers::tests::refusing_threads;
+
+    /// A split by hidden units needs its threads all at once; refused, the sequence runs on
+    /// the calling thread and gives what one thread gives.
+    #[test]
+    fn refused_threads_run_the_split_by_units_here() {
+        let cell = DynLstm::<f32>::random(Dyn(5), Dyn(300), LstmKind::default(), true, 1).unwrap();
+        assert!(cell.max_parts(1) > 1 && cell.backward_unit_parts(1, 2) > 1);
+        let (t, b) = (4, 1);
+        let spec = SeqSpec::new(t, b);
+        let x: Vec<f32> = (0..t * b * 5).map(|k| (k as f32 * 0.37).sin()).collect();
+        let dy: Vec<f32> = (0..t * b * 300).map(|k| (k as f32 * 0.11).cos()).collect();
+        let run = |spec: &SeqSpec| {
+            let inference = seq::forward(&cell, spec, &x, None).unwrap();
+            let mut tape = vec![0.0; seq::tape_len(&cell, spec).unwrap()];
+            let train = seq::forward_train(&cell, spec, &x, None, &mut tape).unwrap();
+            let grads = seq::bptt(&cell, spec, &x, None, &tape, &dy, None).unwrap();
+            (inference.y, train.final_state, grads.dx, grads.params)
+        };
+        let one = run(&spec);
+        let refused = refusing_threads(|| run(&spec.threads(2)));
+        assert!(one == refused, "refused threads changed the results");
+    }
 }
