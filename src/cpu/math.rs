@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | `exp` | 1 ULP | results ≥ 2⁻¹²⁶; results below flush to 0 (`x < −87.33`) |
 //! | `sigmoid` | 2 ULP | outputs ≥ 2⁻¹²⁶; outputs below flush to 0 (`x < −87.33`) |
-//! | `tanh` | 2 ULP | everywhere (`|x| < 0.4` by an odd polynomial, else through `exp`) |
+//! | `tanh` | 2 ULP | everywhere (one formula through `e^{2|x|} − 1`, small `|x|` included) |
 //! | `hard_sigmoid`, `relu` | exact | |
 //!
 //! NaN propagates through every function; `exp(+∞) = +∞`, `exp(−∞) = 0`, `sigmoid(±∞) = 1, 0`,
@@ -22,44 +22,66 @@ const EXP_FLUSH: f32 = -87.33;
 /// `ln(f32::MAX)`, rounded up to `f32`: from it up `e^x` overflows.
 const EXP_OVERFLOW: f32 = 88.722_84;
 
-/// `e^x`.
+/// Inputs of tanh from which its `f32` value is 1: `tanh 10 = 1 − 4·10⁻⁹`, under half an ULP.
+const TANH_ONE: f32 = 10.0;
+/// Inputs of sigmoid from which its `f32` value is 1: `e^-20 = 2·10⁻⁹`, under half an ULP of 1.
+const SIGMOID_ONE: f32 = 20.0;
+
+/// `(n, r)` with `x = n·ln 2 + r`, `n` integer-valued and `|r| ≤ ln2/2` (for `|n| ≤ 128`).
 #[inline(always)]
-pub(crate) fn exp<S: SimdF32>(s: S, x: S::V) -> S::V {
+fn reduce_ln2<S: SimdF32>(s: S, x: S::V) -> (S::V, S::V) {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     // ln 2 split so that n·LN2_HI is exact for |n| ≤ 128 (Cody and Waite).
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
-    let xc = s.min(s.max(x, s.splat(EXP_FLUSH - 1.0)), s.splat(EXP_OVERFLOW));
-    let n = s.round(s.mul(xc, s.splat(LOG2E)));
-    let r = s.fma(n, s.splat(-LN2_HI), xc);
-    let r = s.fma(n, s.splat(-LN2_LO), r);
-    // e^r on |r| ≤ ln2/2 by its Taylor series to degree 7 (truncation below 6e-9).
+    let n = s.round(s.mul(x, s.splat(LOG2E)));
+    let r = s.fma(n, s.splat(-LN2_HI), x);
+    (n, s.fma(n, s.splat(-LN2_LO), r))
+}
+
+/// `(e^r − 1 − r) / r²` on `|r| ≤ ln2/2`, by its Taylor series to degree 5 (the truncation
+/// is below 2·10⁻⁸ of `e^r − 1`).
+#[inline(always)]
+fn expm1_tail<S: SimdF32>(s: S, r: S::V) -> S::V {
     let mut p = s.splat(1.0 / 5040.0);
-    for c in [
-        1.0 / 720.0,
-        1.0 / 120.0,
-        1.0 / 24.0,
-        1.0 / 6.0,
-        0.5,
-        1.0,
-        1.0,
-    ] {
+    for c in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5] {
         p = s.fma(p, r, s.splat(c));
     }
-    // p·2ⁿ by adding n to p's exponent field: exact below the clamp. At the clamp itself
-    // (n = 128, p just above 1) the sum lands on the NaN encodings, so every x from
-    // EXP_OVERFLOW up takes +∞ explicitly.
-    let y = s.scale_pow2(p, n);
+    p
+}
+
+/// `e^x`.
+#[inline(always)]
+pub(crate) fn exp<S: SimdF32>(s: S, x: S::V) -> S::V {
+    let xc = s.min(s.max(x, s.splat(EXP_FLUSH - 1.0)), s.splat(EXP_OVERFLOW));
+    let y = exp_in_range(s, xc);
     let y = s.select_lt(x, s.splat(EXP_FLUSH), s.splat(0.0), y);
     let y = s.select_lt(x, s.splat(EXP_OVERFLOW), y, s.splat(f32::INFINITY));
     s.keep_nan(x, y)
 }
 
+/// `e^x` for `x` whose `n` (see [`reduce_ln2`]) keeps `2ⁿ` a normal float: −126 ≤ n ≤ 127.
+/// Anything else gives an unspecified value, which callers select away.
+#[inline(always)]
+fn exp_in_range<S: SimdF32>(s: S, x: S::V) -> S::V {
+    let (n, r) = reduce_ln2(s, x);
+    // e^r = 1 + r·(1 + r·tail): the Taylor series to degree 7 (truncation below 6·10⁻⁹).
+    let one = s.splat(1.0);
+    let p = s.fma(s.fma(expm1_tail(s, r), r, one), r, one);
+    // p·2ⁿ by adding n to p's exponent field: exact in range. At the clamp of `exp`
+    // (n = 128, p just above 1) the sum lands on the NaN encodings, so every x from
+    // EXP_OVERFLOW up takes +∞ explicitly there.
+    s.scale_pow2(p, n)
+}
+
 /// `1 / (1 + e^-x)`.
 #[inline(always)]
 pub(crate) fn sigmoid<S: SimdF32>(s: S, x: S::V) -> S::V {
+    // From x = SIGMOID_ONE up the result is 1; clamping there keeps 2ⁿ in range. Below
+    // EXP_FLUSH the value computed is unspecified and replaced. NaN passes through `max`.
+    let z = s.max(s.sub(s.splat(0.0), x), s.splat(-SIGMOID_ONE));
     let one = s.splat(1.0);
-    let y = s.div(one, s.add(one, exp(s, s.sub(s.splat(0.0), x))));
+    let y = s.div(one, s.add(one, exp_in_range(s, z)));
     // 1/(1 + e^87.33) is the last normal output; below it the division would be subnormal.
     s.select_lt(x, s.splat(EXP_FLUSH), s.splat(0.0), y)
 }
@@ -67,28 +89,16 @@ pub(crate) fn sigmoid<S: SimdF32>(s: S, x: S::V) -> S::V {
 /// `tanh(x)`.
 #[inline(always)]
 pub(crate) fn tanh<S: SimdF32>(s: S, x: S::V) -> S::V {
-    let a = s.abs(x);
-    // Small |x|: x + x³·P(x²) with the Taylor coefficients of tanh to x¹³ (truncation below
-    // 2e-9 relative at |x| = 0.4), avoiding the cancellation in 1 − 2/(e^2x + 1).
-    let x2 = s.mul(a, a);
-    let mut p = s.splat(-929_569.0 / 638_512_875.0);
-    for c in [
-        21_844.0 / 6_081_075.0,
-        -1_382.0 / 155_925.0,
-        62.0 / 2_835.0,
-        -17.0 / 315.0,
-        2.0 / 15.0,
-        -1.0 / 3.0,
-    ] {
-        p = s.fma(p, x2, s.splat(c));
-    }
-    let small = s.fma(s.mul(p, x2), a, a);
-    // Large |x|: 1 − 2/(e^{2|x|} + 1); e^{2|x|} = +∞ gives exactly 1.
-    let two = s.splat(2.0);
-    let e = exp(s, s.mul(two, a));
-    let large = s.sub(s.splat(1.0), s.div(two, s.add(e, s.splat(1.0))));
+    // tanh|x| = q / (q + 2) with q = e^{2|x|} − 1 = 2ⁿ·(e^r − 1) + (2ⁿ − 1): e^r − 1 comes from
+    // a series without its constant term and 2ⁿ − 1 is exact, so small |x| (n = 0) keeps full
+    // relative precision with no second formula. NaN passes through `min`.
+    let a = s.min(s.abs(x), s.splat(TANH_ONE));
+    let (n, r) = reduce_ln2(s, s.add(a, a));
+    let em1 = s.fma(s.mul(r, r), expm1_tail(s, r), r);
+    let two_n = s.scale_pow2(s.splat(1.0), n);
+    let q = s.fma(two_n, em1, s.sub(two_n, s.splat(1.0)));
     // Computed on |x|, signed last: tanh is odd, and −0 stays −0.
-    s.keep_nan(x, s.copysign(s.select_lt(a, s.splat(0.4), small, large), x))
+    s.copysign(s.div(q, s.add(q, s.splat(2.0))), x)
 }
 
 /// Keras 3's `hard_sigmoid`: `clamp(x + 3, 0, 6) / 6`; NaN propagates.
@@ -145,7 +155,7 @@ mod tests {
     /// `e^{2|x|}` crosses it), and specials.
     fn sweep() -> Vec<f32> {
         let mut v: Vec<f32> = (0..u32::MAX / 97).map(|k| f32::from_bits(k * 97)).collect();
-        for t in [EXP_OVERFLOW, EXP_FLUSH, EXP_FLUSH - 1.0, 0.4] {
+        for t in [EXP_OVERFLOW, EXP_FLUSH, EXP_FLUSH - 1.0, TANH_ONE, SIGMOID_ONE] {
             for c in [t, -t, t / 2.0, -t / 2.0] {
                 v.extend((0..129).map(|d| f32::from_bits(c.to_bits() + d - 64)));
             }
