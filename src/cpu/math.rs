@@ -20,6 +20,7 @@ use super::simd::SimdF32;
 /// Inputs below this give `e^x < 2⁻¹²⁶·1.006`; they return 0 rather than a subnormal.
 const EXP_FLUSH: f32 = -87.33;
 /// `ln(f32::MAX)`, rounded up to `f32`: from it up `e^x` overflows.
+#[cfg_attr(not(test), allow(dead_code))]
 const EXP_OVERFLOW: f32 = 88.722_84;
 
 /// Inputs of tanh from which its `f32` value is 1: `tanh 10 = 1 − 4·10⁻⁹`, under half an ULP.
@@ -50,7 +51,9 @@ fn expm1_tail<S: SimdF32>(s: S, r: S::V) -> S::V {
     p
 }
 
-/// `e^x`.
+/// `e^x`. The cells' activations use its pieces ([`reduce_ln2`], [`exp_in_range`]) with
+/// their own range handling; the whole function is the documented, tested vector `exp`.
+#[cfg_attr(not(test), allow(dead_code))]
 #[inline(always)]
 pub(crate) fn exp<S: SimdF32>(s: S, x: S::V) -> S::V {
     let xc = s.min(s.max(x, s.splat(EXP_FLUSH - 1.0)), s.splat(EXP_OVERFLOW));

@@ -85,6 +85,7 @@ pub(crate) trait SimdF32: Copy + Send + Sync + 'static {
     /// Lane-wise `if cond_lhs < cond_rhs { a } else { b }`.
     fn select_lt(self, lhs: Self::V, rhs: Self::V, a: Self::V, b: Self::V) -> Self::V;
     /// Lane-wise `if x is NaN { x } else { r }`.
+    #[cfg_attr(not(test), allow(dead_code))]
     fn keep_nan(self, x: Self::V, r: Self::V) -> Self::V;
 }
 
