@@ -22,6 +22,7 @@
 //! thread and one closure force another. `f32` kernels use explicit SIMD on AVX2 and AVX-512;
 //! `f64` kernels run the portable code compiled for the selected ISA.
 
+pub(crate) mod aligned;
 #[cfg(feature = "openblas")]
 pub(crate) mod blas;
 pub(crate) mod gemm;

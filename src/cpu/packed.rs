@@ -16,6 +16,7 @@
 
 use std::sync::OnceLock;
 
+use super::aligned::CacheAligned;
 use super::math;
 use super::simd::SimdF32;
 use crate::activation::Activation;
@@ -36,15 +37,15 @@ const TILE_GROUP: usize = 3;
 pub struct PackedRecurrent {
     hidden: usize,
     /// `[tiles][H][G][16]`.
-    weights: Vec<f32>,
+    weights: CacheAligned<f32>,
     /// The same weights rounded to bfloat16 (to nearest, ties to even), built on first use by
     /// an inference step that asked for them.
-    weights_bf16: OnceLock<Vec<u16>>,
+    weights_bf16: OnceLock<CacheAligned<u16>>,
     /// `[tiles][G][16]`, zeros without a recurrent bias.
-    bias: Vec<f32>,
+    bias: CacheAligned<f32>,
     /// `recurrent_kernelᵀ` in tiles of 16 of its `H` columns, `[tiles][G·H][16]`, built on first
     /// use by a backward step (see [`recurrent_grad`]).
-    transposed: OnceLock<Vec<f32>>,
+    transposed: OnceLock<CacheAligned<f32>>,
 }
 
 /// An element type of packed panels, with the tile accumulation over its layout: `f32` panels
@@ -546,8 +547,8 @@ impl PackedRecurrent {
     ) -> Self {
         let tiles = hidden.div_ceil(TILE_UNITS);
         let gh = gates * hidden;
-        let mut weights = vec![0.0; tiles * hidden * gates * TILE_UNITS];
-        let mut bias = vec![0.0; tiles * gates * TILE_UNITS];
+        let mut weights = CacheAligned::filled(tiles * hidden * gates * TILE_UNITS, 0.0);
+        let mut bias = CacheAligned::filled(tiles * gates * TILE_UNITS, 0.0);
         for tile in 0..tiles {
             let units = tile * TILE_UNITS..((tile + 1) * TILE_UNITS).min(hidden);
             for g in 0..gates {
@@ -581,7 +582,7 @@ impl PackedRecurrent {
     fn transposed(&self) -> &[f32] {
         self.transposed.get_or_init(|| {
             let (h, g, tiles) = (self.hidden, self.gates(), self.tiles());
-            let mut out = vec![0.0; tiles * g * h * TILE_UNITS];
+            let mut out = CacheAligned::filled(tiles * g * h * TILE_UNITS, 0.0);
             // Forward panel element U[k, gate·H + j] → transposed element (k, gate·H + j):
             // tile k / 16, reduction index gate·H + j, lane k % 16.
             for k in 0..h {
@@ -603,7 +604,7 @@ impl PackedRecurrent {
         self.weights_bf16.get_or_init(|| {
             let (h, tiles, g) = (self.hidden, self.tiles(), self.gates());
             let pairs = h.div_ceil(2);
-            let mut out = vec![0u16; tiles * pairs * g * TILE_UNITS * 2];
+            let mut out = CacheAligned::filled(tiles * pairs * g * TILE_UNITS * 2, 0u16);
             for tile in 0..tiles {
                 for k in 0..h {
                     for gate in 0..g {
@@ -1236,12 +1237,12 @@ pub struct PackedProjection {
     k: usize,
     n: usize,
     groups: usize,
-    weights: Vec<f32>,
+    weights: CacheAligned<f32>,
     /// The weights as bfloat16 pairs of consecutive reduction rows, `[panels][⌈K/2⌉][16·G]`
     /// (see [`PackedProjection::weights_bf16`]), built on first use by a bf16 projection.
-    weights_bf16: OnceLock<Vec<u32>>,
+    weights_bf16: OnceLock<CacheAligned<u32>>,
     /// `[panels][16·G]`, zeros without a bias.
-    bias: Vec<f32>,
+    bias: CacheAligned<f32>,
 }
 
 impl PackedProjection {
@@ -1259,8 +1260,8 @@ impl PackedProjection {
         };
         let width = groups * TILE_UNITS;
         let panels = n.div_ceil(width);
-        let mut weights = vec![0.0; panels * k * width];
-        let mut packed_bias = vec![0.0; panels * width];
+        let mut weights = CacheAligned::filled(panels * k * width, 0.0);
+        let mut packed_bias = CacheAligned::filled(panels * width, 0.0);
         for c in 0..panels {
             let cols = c * width..((c + 1) * width).min(n);
             for kk in 0..k {
@@ -1288,7 +1289,7 @@ impl PackedProjection {
         self.weights_bf16.get_or_init(|| {
             let (k, width) = (self.k, self.groups * TILE_UNITS);
             let (pairs, panels) = (k.div_ceil(2), self.n.div_ceil(width));
-            let mut out = vec![0u32; panels * pairs * width];
+            let mut out = CacheAligned::filled(panels * pairs * width, 0u32);
             for c in 0..panels {
                 let w = |kk: usize, j: usize| {
                     if kk < k {
