@@ -12,6 +12,8 @@ use std::ops::{Deref, DerefMut};
 
 use crate::error::{Error, Result};
 
+/// The alignment of a buffer's first element: a cache line.
+const LINE_BYTES: usize = 64;
 /// Buffers a thread keeps between runs: enough for one run's temporaries.
 const KEPT: usize = 4;
 /// Larger buffers are freed rather than kept, so that one huge run does not pin its memory.
@@ -22,49 +24,48 @@ thread_local! {
     static IDLE: RefCell<Vec<Box<dyn Any>>> = const { RefCell::new(Vec::new()) };
 }
 
-/// A temporary buffer of the calling thread, returned to it on drop.
+/// A temporary buffer of the calling thread, returned to it on drop. Its elements start on a
+/// cache line, as the packed panels do ([`CacheAligned`](crate::cpu::aligned::CacheAligned)):
+/// the kernels load and store rows of it a register at a time.
 pub(super) struct Scratch<T: Copy + 'static> {
+    /// `len` elements from `start`, after the slack that aligned them.
     buf: Vec<T>,
+    start: usize,
+    len: usize,
 }
 
 impl<T: Copy + 'static> Scratch<T> {
-    /// The best-fitting idle buffer (see [`take`]) cut to at most `len` elements, with room
-    /// for `len`; [`Error::Allocation`] naming `arg` when the memory cannot be had.
-    fn reserved(arg: &'static str, len: usize) -> Result<Vec<T>> {
-        let mut buf = take::<T>(len);
-        buf.truncate(len);
-        buf.try_reserve_exact(len - buf.len())
-            .map_err(|_| Error::Allocation { arg, elements: len })?;
-        Ok(buf)
-    }
-
-    /// An empty buffer with room for `len` elements: the smallest idle one that fits, else the
-    /// largest grown.
-    pub(super) fn with_capacity(arg: &'static str, len: usize) -> Result<Self> {
-        let mut buf = Self::reserved(arg, len)?;
-        buf.clear();
-        Ok(Self { buf })
+    /// `len` elements: those an earlier run left in the best-fitting idle buffer (see
+    /// [`take`]), `value` beyond; [`Error::Allocation`] naming `arg` when the memory cannot be
+    /// had.
+    fn reserved(arg: &'static str, len: usize, value: T) -> Result<Self> {
+        let err = || Error::Allocation { arg, elements: len };
+        let slack = LINE_BYTES / size_of::<T>().max(1);
+        let total = len.checked_add(slack).ok_or_else(err)?;
+        let mut buf = take::<T>(total);
+        buf.truncate(total);
+        buf.try_reserve_exact(total - buf.len())
+            .map_err(|_| err())?;
+        // A reused buffer keeps its address, so its old elements keep their places. Where
+        // `align_offset` declines (usize::MAX) the buffer is only unaligned.
+        let start = buf.as_ptr().align_offset(LINE_BYTES).min(slack);
+        buf.truncate(start + len);
+        buf.resize(start + len, value);
+        Ok(Self { buf, start, len })
     }
 
     /// `len` copies of `value`.
     pub(super) fn filled(arg: &'static str, len: usize, value: T) -> Result<Self> {
-        let mut s = Self::with_capacity(arg, len)?;
-        s.buf.resize(len, value);
+        let mut s = Self::reserved(arg, len, value)?;
+        s.fill(value);
         Ok(s)
     }
 
-    /// `len` elements left from an earlier run where the buffer had them, `value` beyond: for
-    /// a buffer that is written in full before it is read, so that a run does not pay for
-    /// clearing it (megabytes for the projection of a long sequence).
+    /// `len` elements holding whatever an earlier run left in the buffer (`value` where it
+    /// held nothing): for a buffer that is written in full before it is read, so that a run
+    /// does not pay for clearing it (megabytes for the projection of a long sequence).
     pub(super) fn overwritten(arg: &'static str, len: usize, value: T) -> Result<Self> {
-        let mut buf = Self::reserved(arg, len)?;
-        buf.resize(len, value);
-        Ok(Self { buf })
-    }
-
-    /// Appends `values` (within the capacity asked for, so without reallocating).
-    pub(super) fn extend_from_slice(&mut self, values: &[T]) {
-        self.buf.extend_from_slice(values);
+        Self::reserved(arg, len, value)
     }
 }
 
@@ -113,13 +114,13 @@ impl<T: Copy + 'static> Drop for Scratch<T> {
 impl<T: Copy + 'static> Deref for Scratch<T> {
     type Target = [T];
     fn deref(&self) -> &[T] {
-        &self.buf
+        &self.buf[self.start..self.start + self.len]
     }
 }
 
 impl<T: Copy + 'static> DerefMut for Scratch<T> {
     fn deref_mut(&mut self) -> &mut [T] {
-        &mut self.buf
+        &mut self.buf[self.start..self.start + self.len]
     }
 }
 
@@ -146,11 +147,17 @@ mod tests {
         let mut first = Scratch::filled("a", 100, 0.0f32).unwrap();
         first[..10].fill(3.0);
         drop(first);
-        let again = Scratch::overwritten("b", 120, 1.0f32).unwrap();
-        assert_eq!(again.len(), 120);
+        // Room enough: the same allocation, so the same aligned start.
+        let again = Scratch::overwritten("b", 90, 1.0f32).unwrap();
+        assert_eq!(again.len(), 90);
         assert!(again[..10].iter().all(|&v| v == 3.0));
-        assert!(again[10..100].iter().all(|&v| v == 0.0));
-        assert!(again[100..].iter().all(|&v| v == 1.0));
+        assert!(again[10..].iter().all(|&v| v == 0.0));
+        drop(again);
+        // Grown: a new allocation, aligned afresh; every element is an old one or `value`.
+        let grown = Scratch::overwritten("c", 5000, 1.0f32).unwrap();
+        assert_eq!(grown.len(), 5000);
+        assert_eq!(grown.as_ptr() as usize % super::LINE_BYTES, 0);
+        assert!(grown.iter().all(|&v| [0.0, 1.0, 3.0].contains(&v)));
     }
 
     #[test]

@@ -73,13 +73,11 @@ fn processing_order<'a, T: Real>(spec: &SeqSpec, d: &Dims, x: &'a [T]) -> Result
     if spec.layout == super::Layout::TimeMajor && !spec.go_backwards {
         return Ok(InOrder::Given(x));
     }
-    let mut xs = Scratch::with_capacity("x", d.x_len)?;
-    for t in 0..d.t {
-        let src = spec.source_step(t);
-        for b in 0..d.b {
-            let o = spec.offset(src, b, d.i);
-            xs.extend_from_slice(&x[o..o + d.i]);
-        }
+    let mut xs = Scratch::overwritten("x", d.x_len, T::ZERO)?;
+    let rows =
+        (0..d.t).flat_map(|t| (0..d.b).map(move |b| spec.offset(spec.source_step(t), b, d.i)));
+    for (o, row) in rows.zip(xs.chunks_exact_mut(d.i.max(1))) {
+        row.copy_from_slice(&x[o..o + d.i]);
     }
     Ok(InOrder::Copied(xs))
 }
