@@ -158,7 +158,13 @@ mod tests {
     /// `e^{2|x|}` crosses it), and specials.
     fn sweep() -> Vec<f32> {
         let mut v: Vec<f32> = (0..u32::MAX / 97).map(|k| f32::from_bits(k * 97)).collect();
-        for t in [EXP_OVERFLOW, EXP_FLUSH, EXP_FLUSH - 1.0, TANH_ONE, SIGMOID_ONE] {
+        for t in [
+            EXP_OVERFLOW,
+            EXP_FLUSH,
+            EXP_FLUSH - 1.0,
+            TANH_ONE,
+            SIGMOID_ONE,
+        ] {
             for c in [t, -t, t / 2.0, -t / 2.0] {
                 v.extend((0..129).map(|d| f32::from_bits(c.to_bits() + d - 64)));
             }

@@ -24,7 +24,8 @@ pub fn forward<T: Real, C: Cell<T> + ?Sized>(
 ) -> Result<Output<T>> {
     let d = Dims::new(cell, spec)?;
     d.check_inputs(x, initial_state)?;
-    let mut states = try_filled("state", 2 * d.state_len, T::ZERO)?;
+    // On a cache line, like the other rows the kernels load and store a register at a time.
+    let mut states = Scratch::filled("state", 2 * d.state_len, T::ZERO)?;
     run_forward(
         cell,
         spec,
