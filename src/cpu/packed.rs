@@ -13,6 +13,11 @@
 //!
 //! The input projection of a whole sequence runs the same register scheme over the input
 //! kernel, packed once into column panels ([`PackedProjection`], [`project`]).
+//!
+//! Every panel starts on a cache line ([`CacheAligned`]) and its rows are whole multiples of
+//! 64 bytes, so no register load of the weights straddles two lines (with the allocator's
+//! 16-byte alignment, three in four did: B = 1 GRU and SimpleRNN steps measured up to 1.2x
+//! faster aligned).
 
 use std::sync::OnceLock;
 
