@@ -17,14 +17,39 @@ pub(crate) struct CacheAligned<T> {
     len: usize,
 }
 
-impl<T: Copy + Default> CacheAligned<T> {
+impl<T: Copy> CacheAligned<T> {
+    /// Elements of slack a buffer needs beyond its length to align its start (a zero-sized
+    /// `T` fails to compile here).
+    pub(crate) const SLACK: usize = LINE / size_of::<T>();
+
     /// `len` copies of `value`.
     pub(crate) fn filled(len: usize, value: T) -> Self {
-        let slack = LINE / size_of::<T>().max(1);
-        let buf = vec![value; len + slack];
-        // `align_offset` may decline (usize::MAX): the buffer is then only unaligned.
-        let start = buf.as_ptr().align_offset(LINE).min(slack);
+        Self::within(Vec::with_capacity(len + Self::SLACK), len, value)
+    }
+
+    /// `len` elements placed in `buf`'s allocation, which should have room for
+    /// `len + SLACK`: the elements `buf` held keep their places (a reused allocation keeps its
+    /// address, hence its aligned start), `value` beyond. Without that room, or where
+    /// `align_offset` declines (`usize::MAX`), the buffer is only unaligned.
+    pub(crate) fn within(mut buf: Vec<T>, len: usize, value: T) -> Self {
+        let start = buf.as_ptr().align_offset(LINE).min(Self::SLACK);
+        buf.truncate(start + len);
+        buf.resize(start + len, value);
         Self { buf, start, len }
+    }
+
+    /// No elements, no allocation.
+    pub(crate) const fn empty() -> Self {
+        Self {
+            buf: Vec::new(),
+            start: 0,
+            len: 0,
+        }
+    }
+
+    /// The allocation, for reuse by [`CacheAligned::within`].
+    pub(crate) fn into_vec(self) -> Vec<T> {
+        self.buf
     }
 }
 

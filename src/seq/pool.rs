@@ -10,10 +10,9 @@ use std::any::Any;
 use std::cell::RefCell;
 use std::ops::{Deref, DerefMut};
 
+use crate::cpu::aligned::CacheAligned;
 use crate::error::{Error, Result};
 
-/// The alignment of a buffer's first element: a cache line.
-const LINE_BYTES: usize = 64;
 /// Buffers a thread keeps between runs: enough for one run's temporaries.
 const KEPT: usize = 4;
 /// Larger buffers are freed rather than kept, so that one huge run does not pin its memory.
@@ -25,13 +24,10 @@ thread_local! {
 }
 
 /// A temporary buffer of the calling thread, returned to it on drop. Its elements start on a
-/// cache line, as the packed panels do ([`CacheAligned`](crate::cpu::aligned::CacheAligned)):
-/// the kernels load and store rows of it a register at a time.
+/// cache line, as the packed panels do ([`CacheAligned`]): the kernels load and store rows of
+/// it a register at a time.
 pub(super) struct Scratch<T: Copy + 'static> {
-    /// `len` elements from `start`, after the slack that aligned them.
-    buf: Vec<T>,
-    start: usize,
-    len: usize,
+    buf: CacheAligned<T>,
 }
 
 impl<T: Copy + 'static> Scratch<T> {
@@ -40,18 +36,14 @@ impl<T: Copy + 'static> Scratch<T> {
     /// had.
     fn reserved(arg: &'static str, len: usize, value: T) -> Result<Self> {
         let err = || Error::Allocation { arg, elements: len };
-        let slack = LINE_BYTES / size_of::<T>().max(1);
-        let total = len.checked_add(slack).ok_or_else(err)?;
+        let total = len.checked_add(CacheAligned::<T>::SLACK).ok_or_else(err)?;
         let mut buf = take::<T>(total);
         buf.truncate(total);
         buf.try_reserve_exact(total - buf.len())
             .map_err(|_| err())?;
-        // A reused buffer keeps its address, so its old elements keep their places. Where
-        // `align_offset` declines (usize::MAX) the buffer is only unaligned.
-        let start = buf.as_ptr().align_offset(LINE_BYTES).min(slack);
-        buf.truncate(start + len);
-        buf.resize(start + len, value);
-        Ok(Self { buf, start, len })
+        Ok(Self {
+            buf: CacheAligned::within(buf, len, value),
+        })
     }
 
     /// `len` copies of `value`.
@@ -94,7 +86,7 @@ fn take<T: 'static>(len: usize) -> Vec<T> {
 
 impl<T: Copy + 'static> Drop for Scratch<T> {
     fn drop(&mut self) {
-        let buf = std::mem::take(&mut self.buf);
+        let buf = std::mem::replace(&mut self.buf, CacheAligned::empty()).into_vec();
         let bytes = buf.capacity() * std::mem::size_of::<T>();
         if bytes == 0 || bytes > MAX_KEPT_BYTES {
             return;
@@ -114,13 +106,13 @@ impl<T: Copy + 'static> Drop for Scratch<T> {
 impl<T: Copy + 'static> Deref for Scratch<T> {
     type Target = [T];
     fn deref(&self) -> &[T] {
-        &self.buf[self.start..self.start + self.len]
+        &self.buf
     }
 }
 
 impl<T: Copy + 'static> DerefMut for Scratch<T> {
     fn deref_mut(&mut self) -> &mut [T] {
-        &mut self.buf[self.start..self.start + self.len]
+        &mut self.buf
     }
 }
 
@@ -156,7 +148,7 @@ mod tests {
         // Grown: a new allocation, aligned afresh; every element is an old one or `value`.
         let grown = Scratch::overwritten("c", 5000, 1.0f32).unwrap();
         assert_eq!(grown.len(), 5000);
-        assert_eq!(grown.as_ptr() as usize % super::LINE_BYTES, 0);
+        assert_eq!(grown.as_ptr() as usize % 64, 0);
         assert!(grown.iter().all(|&v| [0.0, 1.0, 3.0].contains(&v)));
     }
 
