@@ -31,10 +31,19 @@ pub(super) struct Scratch<T: Copy + 'static> {
 }
 
 impl<T: Copy + 'static> Scratch<T> {
-    /// `len` elements: those an earlier run left in the best-fitting idle buffer (see
-    /// [`take`]), `value` beyond; [`Error::Allocation`] naming `arg` when the memory cannot be
-    /// had.
-    fn reserved(arg: &'static str, len: usize, value: T) -> Result<Self> {
+    /// `len` copies of `value`.
+    pub(super) fn filled(arg: &'static str, len: usize, value: T) -> Result<Self> {
+        let mut s = Self::overwritten(arg, len, value)?;
+        s.fill(value);
+        Ok(s)
+    }
+
+    /// `len` elements holding whatever an earlier run left in the best-fitting idle buffer
+    /// (see [`take`]), `value` where it held nothing: for a buffer that is written in full
+    /// before it is read, so that a run does not pay for clearing it (megabytes for the
+    /// projection of a long sequence). [`Error::Allocation`] naming `arg` when the memory
+    /// cannot be had.
+    pub(super) fn overwritten(arg: &'static str, len: usize, value: T) -> Result<Self> {
         let err = || Error::Allocation { arg, elements: len };
         let total = len.checked_add(CacheAligned::<T>::SLACK).ok_or_else(err)?;
         let mut buf = take::<T>(total);
@@ -44,20 +53,6 @@ impl<T: Copy + 'static> Scratch<T> {
         Ok(Self {
             buf: CacheAligned::within(buf, len, value),
         })
-    }
-
-    /// `len` copies of `value`.
-    pub(super) fn filled(arg: &'static str, len: usize, value: T) -> Result<Self> {
-        let mut s = Self::reserved(arg, len, value)?;
-        s.fill(value);
-        Ok(s)
-    }
-
-    /// `len` elements holding whatever an earlier run left in the buffer (`value` where it
-    /// held nothing): for a buffer that is written in full before it is read, so that a run
-    /// does not pay for clearing it (megabytes for the projection of a long sequence).
-    pub(super) fn overwritten(arg: &'static str, len: usize, value: T) -> Result<Self> {
-        Self::reserved(arg, len, value)
     }
 }
 
