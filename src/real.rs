@@ -72,6 +72,7 @@ pub trait Real:
 
 mod private {
     use crate::cell::RecurrentWeights;
+    use crate::cpu::gemm::{Mat, Op};
     use crate::cpu::packed::PackedProjection;
     use crate::cpu::{self, Backend, Job};
     use crate::dim::Dim;
@@ -90,6 +91,21 @@ mod private {
             w: &RecurrentWeights<Self, I, H>,
             x: &[Self],
             proj: &mut [Self],
+        ) -> bool;
+        /// Whether [`Sealed::packed_product`] runs for this type on the active backend.
+        fn packs_products() -> bool;
+        /// A matrix product on this type's own kernel (see [`cpu::packed_product`]); `false`
+        /// when nothing was written.
+        #[allow(clippy::too_many_arguments)]
+        fn packed_product(
+            a: Mat<'_, Self>,
+            op_a: Op,
+            b: Mat<'_, Self>,
+            op_b: Op,
+            accumulate: bool,
+            c: &mut [Self],
+            ldc: usize,
+            threads: usize,
         ) -> bool;
     }
     impl Sealed for f32 {
@@ -113,6 +129,21 @@ mod private {
         ) -> bool {
             cpu::project_rows_bf16(w.packed_projection(), x, proj)
         }
+        fn packs_products() -> bool {
+            cpu::packs_products()
+        }
+        fn packed_product(
+            a: Mat<'_, Self>,
+            op_a: Op,
+            b: Mat<'_, Self>,
+            op_b: Op,
+            accumulate: bool,
+            c: &mut [Self],
+            ldc: usize,
+            threads: usize,
+        ) -> bool {
+            cpu::packed_product(a, op_a, b, op_b, accumulate, c, ldc, threads)
+        }
     }
     impl Sealed for f64 {
         #[inline]
@@ -129,6 +160,21 @@ mod private {
             _: &RecurrentWeights<Self, I, H>,
             _: &[Self],
             _: &mut [Self],
+        ) -> bool {
+            false
+        }
+        fn packs_products() -> bool {
+            false
+        }
+        fn packed_product(
+            _: Mat<'_, Self>,
+            _: Op,
+            _: Mat<'_, Self>,
+            _: Op,
+            _: bool,
+            _: &mut [Self],
+            _: usize,
+            _: usize,
         ) -> bool {
             false
         }

@@ -31,10 +31,15 @@ impl<T: Copy> CacheAligned<T> {
     /// `len + SLACK`: the elements `buf` held keep their places (a reused allocation keeps its
     /// address, hence its aligned start), `value` beyond. Without that room, or where
     /// `align_offset` declines (`usize::MAX`), the buffer is only unaligned.
+    ///
+    /// Elements `buf` held beyond the `len` in use stay initialised in the allocation: an
+    /// allocation reused for a shorter buffer and then a longer one is not written again up
+    /// to its old length (BPTT hands its megabyte projection buffer to a short one in turn).
     pub(crate) fn within(mut buf: Vec<T>, len: usize, value: T) -> Self {
         let start = buf.as_ptr().align_offset(LINE).min(Self::SLACK);
-        buf.truncate(start + len);
-        buf.resize(start + len, value);
+        if buf.len() < start + len {
+            buf.resize(start + len, value);
+        }
         Self { buf, start, len }
     }
 

@@ -1,4 +1,5 @@
-//! Safe, bounds-checked wrapper over the large matrix products (matrixmultiply, or OpenBLAS
+//! Safe, bounds-checked wrapper over the large matrix products (for `f32` on the SIMD backends
+//! the projection kernel, [`crate::cpu::packed_product`]; otherwise matrixmultiply, or OpenBLAS
 //! with the `openblas` feature), split across threads inside [`with_threads`].
 
 use std::cell::Cell as StdCell;
@@ -46,7 +47,7 @@ impl<T> SendPtrs<T> {
 
 /// A row-major matrix view: `rows × cols`, row `r` starting at `data[r · ld]`.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Mat<'a, T> {
+pub struct Mat<'a, T> {
     pub data: &'a [T],
     pub rows: usize,
     pub cols: usize,
@@ -72,7 +73,7 @@ impl<'a, T> Mat<'a, T> {
 
 /// How an operand is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Op {
+pub enum Op {
     /// As stored.
     N,
     /// Transposed.
@@ -129,10 +130,27 @@ pub(crate) fn gemm<T: Real>(
         }
         return;
     }
-    let strides = |op: Op, ld: usize| match op {
-        Op::N => (ld as isize, 1),
-        Op::T => (1, ld as isize),
-    };
+    let threads = THREADS.with(|t| t.get());
+    let split = threads > 1 && m.saturating_mul(n).saturating_mul(k) >= SPLIT_MIN_FMAS;
+    if (beta == T::ZERO || beta == T::ONE)
+        && T::packs_products()
+        && T::packed_product(
+            a,
+            op_a,
+            b,
+            op_b,
+            beta == T::ONE,
+            c,
+            ldc,
+            if split { threads } else { 1 },
+        )
+    {
+        return;
+    }
+    let threads = threads.min(m.max(n));
+    if threads <= 1 || !split {
+        return product_raw(a, op_a, b, op_b, beta, c, m, n, ldc);
+    }
     let (rsa, csa) = strides(op_a, a.ld);
     let (rsb, csb) = strides(op_b, b.ld);
     let ptrs = SendPtrs(a.data.as_ptr(), b.data.as_ptr(), c.as_mut_ptr());
@@ -161,10 +179,6 @@ pub(crate) fn gemm<T: Real>(
             );
         }
     };
-    let threads = THREADS.with(|t| t.get()).min(m.max(n));
-    if threads <= 1 || m.saturating_mul(n).saturating_mul(k) < SPLIT_MIN_FMAS {
-        return block(0..m, 0..n);
-    }
     let (long, split_rows) = if m >= n { (m, true) } else { (n, false) };
     let part = |i: usize| i * long / threads..(i + 1) * long / threads;
     let run = |i: usize| {
@@ -178,9 +192,226 @@ pub(crate) fn gemm<T: Real>(
     crate::workers::run(threads, &run);
 }
 
+/// Row and column strides of an operand read as `op`, rows `ld` apart.
+fn strides(op: Op, ld: usize) -> (isize, isize) {
+    match op {
+        Op::N => (ld as isize, 1),
+        Op::T => (1, ld as isize),
+    }
+}
+
+/// [`gemm`]'s product on `T::gemm_raw` (matrixmultiply, or OpenBLAS) on this thread, for
+/// operands whose views fit their buffers.
+#[allow(clippy::too_many_arguments)]
+fn product_raw<T: Real>(
+    a: Mat<'_, T>,
+    op_a: Op,
+    b: Mat<'_, T>,
+    op_b: Op,
+    beta: T,
+    c: &mut [T],
+    m: usize,
+    n: usize,
+    ldc: usize,
+) {
+    let k = if op_a == Op::N { a.cols } else { a.rows };
+    let cv: Mat<'_, T> = Mat {
+        data: &[],
+        rows: m,
+        cols: n,
+        ld: ldc,
+    };
+    assert!(a.fits(a.data.len()) && b.fits(b.data.len()) && cv.fits(c.len()));
+    let (rsa, csa) = strides(op_a, a.ld);
+    let (rsb, csb) = strides(op_b, b.ld);
+    // SAFETY: the assertion bounds every element the strides address inside the three
+    // slices; `c` is borrowed mutably, so it aliases neither `a` nor `b`.
+    unsafe {
+        T::gemm_raw(
+            m,
+            k,
+            n,
+            T::ONE,
+            a.data.as_ptr(),
+            rsa,
+            csa,
+            b.data.as_ptr(),
+            rsb,
+            csb,
+            beta,
+            c.as_mut_ptr(),
+            ldc as isize,
+            1,
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cpu::{Backend, with_backend};
+    use proptest::prelude::*;
+
+    /// An `f32` product case: `op(a) [m, k] · op(b) [k, n]` with leading dimensions padded by
+    /// `pad`, `beta` 0 or 1.
+    #[derive(Debug, Clone)]
+    struct Case {
+        m: usize,
+        k: usize,
+        n: usize,
+        pad: usize,
+        op_a: Op,
+        op_b: Op,
+        beta: f32,
+        a: Vec<f32>,
+        b: Vec<f32>,
+        c: Vec<f32>,
+    }
+
+    fn case() -> impl Strategy<Value = Case> {
+        let op = prop_oneof![Just(Op::N), Just(Op::T)];
+        (
+            1..70usize,
+            1..90usize,
+            1..150usize,
+            0..3usize,
+            op.clone(),
+            op,
+            any::<bool>(),
+        )
+            .prop_flat_map(|(m, k, n, pad, op_a, op_b, acc)| {
+                let value = prop_oneof![
+                    40 => -1.0f32..1.0,
+                    4 => -1e4f32..1e4,
+                    1 => Just(f32::NAN),
+                    1 => Just(f32::INFINITY),
+                    1 => Just(f32::NEG_INFINITY),
+                ];
+                let (ar, ac) = if op_a == Op::N { (m, k) } else { (k, m) };
+                let (br, bc) = if op_b == Op::N { (k, n) } else { (n, k) };
+                (
+                    proptest::collection::vec(value.clone(), ar * (ac + pad)),
+                    proptest::collection::vec(value, br * (bc + pad)),
+                    proptest::collection::vec(-1.0f32..1.0, m * (n + pad)),
+                )
+                    .prop_map(move |(a, b, c)| Case {
+                        m,
+                        k,
+                        n,
+                        pad,
+                        op_a,
+                        op_b,
+                        beta: if acc { 1.0 } else { 0.0 },
+                        a,
+                        b,
+                        c,
+                    })
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            failure_persistence: None,
+            ..ProptestConfig::with_cases(48)
+        })]
+
+        /// `f32` products (the packed kernel on the SIMD backends, matrixmultiply on the
+        /// scalar one) against an `f64` sum, on every backend this CPU runs: shapes off the
+        /// register and panel widths, transposed and strided operands, NaN and ±∞ propagating
+        /// as in `f32` arithmetic, the gaps between the rows of `c` untouched.
+        #[test]
+        fn f32_products_match_an_f64_sum(case in case()) {
+            let Case { m, k, n, pad, op_a, op_b, beta, ref a, ref b, ref c } = case;
+            let (lda, ldb, ldc) = (
+                if op_a == Op::N { k + pad } else { m + pad },
+                if op_b == Op::N { n + pad } else { k + pad },
+                n + pad,
+            );
+            let at = |i: usize, q: usize| if op_a == Op::N { a[i * lda + q] } else { a[q * lda + i] };
+            let bt = |q: usize, j: usize| if op_b == Op::N { b[q * ldb + j] } else { b[j * ldb + q] };
+            let am = Mat { data: a, rows: if op_a == Op::N { m } else { k }, cols: if op_a == Op::N { k } else { m }, ld: lda };
+            let bm = Mat { data: b, rows: if op_b == Op::N { k } else { n }, cols: if op_b == Op::N { n } else { k }, ld: ldb };
+            for backend in Backend::available() {
+                let mut got = c.clone();
+                with_backend(backend, || gemm(am, op_a, bm, op_b, beta, &mut got, m, n, ldc)).unwrap();
+                for i in 0..m {
+                    for j in 0..n {
+                        let terms = (0..k).map(|q| at(i, q) as f64 * bt(q, j) as f64);
+                        let start = beta as f64 * c[i * ldc + j] as f64;
+                        let scale = start.abs() + terms.clone().map(f64::abs).sum::<f64>();
+                        let want = start + terms.sum::<f64>();
+                        let g = got[i * ldc + j] as f64;
+                        if want.is_nan() || scale.is_infinite() {
+                            // An ∞ among the terms: f32 sums may meet ∞ − ∞ in another order
+                            // than f64; only a NaN in `want` must come out NaN.
+                            prop_assert!(!want.is_nan() || g.is_nan(), "{backend:?} ({i}, {j}): {g} vs {want}");
+                        } else {
+                            prop_assert!((g - want).abs() <= 1e-5 * (1.0 + scale), "{backend:?} ({i}, {j}): {g} vs {want}");
+                        }
+                    }
+                    prop_assert_eq!(&got[i * ldc + n..i * ldc + ldc], &c[i * ldc + n..i * ldc + ldc]);
+                }
+            }
+        }
+    }
+
+    /// A product large enough to split gives the same bits on two threads as on one, on every
+    /// backend, with both operand orders.
+    #[test]
+    fn two_threads_give_the_bits_of_one() {
+        let (m, k, n) = (203, 97, 131);
+        assert!(m * k * n >= SPLIT_MIN_FMAS);
+        let val = |i: usize| ((i * 7919 % 1000) as f32 - 500.0) / 250.0;
+        let a: Vec<f32> = (0..m * k).map(val).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| val(i + 17)).collect();
+        for backend in Backend::available() {
+            for (am, op_a) in [(Mat::dense(&a, m, k), Op::N), (Mat::dense(&a, k, m), Op::T)] {
+                let run = |threads| {
+                    let mut c: Vec<f32> = (0..m * n).map(|i| val(i + 3)).collect();
+                    with_backend(backend, || {
+                        with_threads(threads, || {
+                            gemm(am, op_a, Mat::dense(&b, k, n), Op::N, 1.0, &mut c, m, n, n)
+                        })
+                    })
+                    .unwrap();
+                    c
+                };
+                let (one, two) = (run(1), run(2));
+                assert!(
+                    one.iter()
+                        .zip(&two)
+                        .all(|(x, y)| x.to_bits() == y.to_bits()),
+                    "{backend:?} {op_a:?}"
+                );
+            }
+        }
+    }
+
+    /// `beta = 0` ignores what `c` held, NaN included, on every backend.
+    #[test]
+    fn overwriting_ignores_nan_in_c() {
+        let (m, k, n) = (5, 7, 33);
+        let a = vec![0.5f32; m * k];
+        let b = vec![0.25f32; k * n];
+        for backend in Backend::available() {
+            let mut c = vec![f32::NAN; m * n];
+            with_backend(backend, || {
+                gemm(
+                    Mat::dense(&a, m, k),
+                    Op::N,
+                    Mat::dense(&b, k, n),
+                    Op::N,
+                    0.0,
+                    &mut c,
+                    m,
+                    n,
+                    n,
+                )
+            })
+            .unwrap();
+            assert!(c.iter().all(|&v| v == 0.875), "{backend:?}");
+        }
+    }
 
     #[test]
     fn all_operand_orders_and_strides_match_a_plain_product() {

@@ -280,6 +280,36 @@ unsafe fn fma_row<S: SimdF32, const G: usize, const R: usize, const PF: bool>(
     }
 }
 
+/// [`fma_row`] with the `R` rows' values of reduction row `k` side by side, at
+/// `cols[k·ld .. k·ld + R]` (a transposed left operand, see [`Left`]).
+///
+/// # Safety
+/// The panel holds at least `(k + 1)·G·16` values and `cols` at least `k·ld + R`.
+#[inline(always)]
+unsafe fn fma_column<S: SimdF32, const G: usize, const R: usize>(
+    s: S,
+    panel: &[f32],
+    k: usize,
+    cols: &[f32],
+    ld: usize,
+    acc: &mut [[S::X16; G]; R],
+) {
+    // SAFETY: k·ld + r < k·ld + R, inside `cols` by the contract.
+    let hk: [S::V; R] =
+        std::array::from_fn(|r| s.splat(unsafe { *cols.get_unchecked(k * ld + r) }));
+    // SAFETY: row k lies inside the panel by the contract.
+    let row = unsafe { panel.as_ptr().add(k * G * TILE_UNITS) };
+    for g in 0..G {
+        for v in 0..TILE_UNITS / S::LANES {
+            // SAFETY: g·16 + v·LANES + LANES ≤ G·16, the length of row k.
+            let w = unsafe { s.load_ptr(row.add(g * TILE_UNITS + v * S::LANES)) };
+            for (a, &h) in acc.iter_mut().zip(&hk) {
+                a[g][v] = s.fma(h, w, a[g][v]);
+            }
+        }
+    }
+}
+
 /// How far ahead of the reduction row being multiplied a prefetching panel pass asks for the
 /// panel (B = 1, H = 512, f32: 1 KiB and 4 KiB measured 6–9 % slower than 2 KiB on LSTM or
 /// GRU; with bfloat16 weights all three within 3 %).
@@ -1253,30 +1283,12 @@ pub struct PackedProjection {
 impl PackedProjection {
     /// Packs `kernel [k, n]` and `bias [n]` (empty: none).
     pub(crate) fn new(kernel: &[f32], bias: &[f32], k: usize, n: usize) -> Self {
-        // Panels of 3 groups where they pad fewer columns than panels of 4 (6 groups as two
-        // panels of 3, not a full panel of 4 and a half-empty one); narrower panels would
-        // leave the kernel bound by loads rather than multiply-adds.
-        let total = n.div_ceil(TILE_UNITS);
-        let padding = |g: usize| total.div_ceil(g) * g - total;
-        let groups = match total {
-            0..=4 => total.max(1),
-            _ if padding(3) < padding(4) => 3,
-            _ => 4,
-        };
+        let (groups, len) = Panels::layout(k, n);
         let width = groups * TILE_UNITS;
-        let panels = n.div_ceil(width);
-        let mut weights = CacheAligned::filled(panels * k * width, 0.0);
-        let mut packed_bias = CacheAligned::filled(panels * width, 0.0);
-        for c in 0..panels {
-            let cols = c * width..((c + 1) * width).min(n);
-            for kk in 0..k {
-                weights[(c * k + kk) * width..][..cols.len()]
-                    .copy_from_slice(&kernel[kk * n + cols.start..kk * n + cols.end]);
-            }
-            if !bias.is_empty() {
-                packed_bias[c * width..][..cols.len()].copy_from_slice(&bias[cols]);
-            }
-        }
+        let mut weights = CacheAligned::filled(len, 0.0);
+        Panels::pack(&mut weights, kernel, n, false, k, n, 1);
+        let mut packed_bias = CacheAligned::filled(n.div_ceil(width) * width, 0.0);
+        packed_bias[..bias.len()].copy_from_slice(bias);
         Self {
             k,
             n,
@@ -1311,6 +1323,91 @@ impl PackedProjection {
             }
             out
         })
+    }
+}
+
+/// A `[K, N]` matrix in the projection kernel's panels (the layout [`PackedProjection`]
+/// describes), over a borrowed buffer: the right operand of [`product`], packed per product.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Panels<'a> {
+    k: usize,
+    n: usize,
+    groups: usize,
+    weights: &'a [f32],
+}
+
+impl<'a> Panels<'a> {
+    /// Column groups per panel and packed length for a `[k, n]` matrix: panels of 3 groups
+    /// where they pad fewer columns than panels of 4 (6 groups as two panels of 3, not a full
+    /// panel of 4 and a half-empty one); narrower panels would leave the kernel bound by loads
+    /// rather than multiply-adds.
+    pub(crate) fn layout(k: usize, n: usize) -> (usize, usize) {
+        let total = n.div_ceil(TILE_UNITS);
+        let padding = |g: usize| total.div_ceil(g) * g - total;
+        let groups = match total {
+            0..=4 => total.max(1),
+            _ if padding(3) < padding(4) => 3,
+            _ => 4,
+        };
+        let width = groups * TILE_UNITS;
+        (groups, n.div_ceil(width) * k * width)
+    }
+
+    /// Packs `B [k, n]` into `dst` (at least [`Panels::layout`]'s length): `B[kk, j]` is
+    /// `b[kk·ldb + j]`, or with `transposed` `b[j·ldb + kk]`, the panels shared among up to
+    /// `threads` threads. Columns past `n` are zeroed, so that the lanes no output keeps hold
+    /// no NaN or subnormal to slow the kernel.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn pack(
+        dst: &'a mut [f32],
+        b: &[f32],
+        ldb: usize,
+        transposed: bool,
+        k: usize,
+        n: usize,
+        threads: usize,
+    ) -> Self {
+        let (groups, len) = Self::layout(k, n);
+        let width = groups * TILE_UNITS;
+        let dst = &mut dst[..len];
+        let panel_len = (k * width).max(1);
+        let pack_panel = |c: usize, panel: &mut [f32]| {
+            let cols = c * width..((c + 1) * width).min(n);
+            let w = cols.len();
+            for (kk, row) in panel.chunks_exact_mut(width).enumerate() {
+                if !transposed {
+                    row[..w].copy_from_slice(&b[kk * ldb + cols.start..][..w]);
+                }
+                row[w..].fill(0.0);
+            }
+            if transposed {
+                // Column by column: each reads one contiguous row of `b`.
+                for (jj, j) in cols.enumerate() {
+                    for (kk, &v) in b[j * ldb..][..k].iter().enumerate() {
+                        panel[kk * width + jj] = v;
+                    }
+                }
+            }
+        };
+        let panels = len / panel_len;
+        let per = panels.div_ceil(threads.clamp(1, panels.max(1)));
+        let shares = dst.chunks_mut((per * panel_len).max(1)).enumerate();
+        let pack_share = |(i, share): (usize, &mut [f32])| {
+            for (j, panel) in share.chunks_exact_mut(panel_len).enumerate() {
+                pack_panel(i * per + j, panel);
+            }
+        };
+        if per < panels {
+            crate::workers::map(shares, pack_share);
+        } else {
+            shares.for_each(pack_share);
+        }
+        Self {
+            k,
+            n,
+            groups,
+            weights: dst,
+        }
     }
 }
 
@@ -1496,53 +1593,178 @@ mod dot_bf16 {
 /// bit.
 #[inline(always)]
 pub(crate) fn project<S: SimdF32>(s: S, p: &PackedProjection, x: &[f32], out: &mut [f32]) {
-    match p.groups {
-        4 => project_groups::<S, 4>(s, p, x, out),
-        3 => project_groups::<S, 3>(s, p, x, out),
-        2 => project_groups::<S, 2>(s, p, x, out),
-        _ => project_groups::<S, 1>(s, p, x, out),
+    let b = Panels {
+        k: p.k,
+        n: p.n,
+        groups: p.groups,
+        weights: &p.weights,
+    };
+    let rows = x.len() / p.k;
+    assert!(x.len() == rows * p.k);
+    let width = p.groups * TILE_UNITS;
+    let start = |c: usize| Start::Bias(&p.bias[c * width..(c + 1) * width]);
+    run_panels(s, &b, start, Left::rows(x, p.k), rows, out, p.n);
+}
+
+/// `c [m, n] = a [m, k] · b`, plus the values `c` held with `accumulate`: `c` rows `ldc`
+/// apart, `b [k, n]` packed by [`Panels::pack`]. The projection's kernel as a general product:
+/// every output is its start plus `Σ_k a·b` in order of `k`, so any split of the rows changes
+/// no bit.
+#[inline(always)]
+pub(crate) fn product<S: SimdF32>(
+    s: S,
+    a: Left<'_>,
+    m: usize,
+    b: &Panels<'_>,
+    accumulate: bool,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    let start = if accumulate { Start::Out } else { Start::Zero };
+    run_panels(s, b, |_| start, a, m, c, ldc);
+}
+
+/// The left operand of a panel pass, `[rows, k]`: row `r` at `data[r·ld..]`, or with
+/// `transposed` column `r` of a matrix whose rows lie `ld` apart (`a[r, kk]` at
+/// `data[kk·ld + r]`), which the pass reads in place, `R` neighbouring values per reduction
+/// row.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Left<'a> {
+    pub data: &'a [f32],
+    pub ld: usize,
+    pub transposed: bool,
+}
+
+impl<'a> Left<'a> {
+    /// Rows `ld` apart.
+    pub(crate) fn rows(data: &'a [f32], ld: usize) -> Self {
+        Self {
+            data,
+            ld,
+            transposed: false,
+        }
+    }
+
+    /// The operand from reduction index `k0` on.
+    fn skip_k(self, k0: usize) -> Self {
+        let at = if self.transposed { k0 * self.ld } else { k0 };
+        Self {
+            data: &self.data[at.min(self.data.len())..],
+            ..self
+        }
+    }
+
+    /// Whether `rows` rows of `k` values lie inside `data`.
+    fn holds(&self, rows: usize, k: usize) -> bool {
+        let (outer, inner) = if self.transposed {
+            (k, rows)
+        } else {
+            (rows, k)
+        };
+        outer == 0
+            || inner == 0
+            || (self.ld >= inner && self.data.len() >= (outer - 1) * self.ld + inner)
     }
 }
 
-/// [`project`] for panels of `G` column groups.
+/// What a panel pass's accumulators start from.
+#[derive(Debug, Clone, Copy)]
+enum Start<'a> {
+    /// The panel's `16·G` bias values.
+    Bias(&'a [f32]),
+    Zero,
+    /// The outputs' own values: the pass adds into them.
+    Out,
+}
+
+/// [`project`] and [`product`]: `out[r] = start + x[r] · b` for rows `r < rows`, `out` rows
+/// `ldo` apart, `start(c)` the start of panel `c`.
 #[inline(always)]
-fn project_groups<S: SimdF32, const G: usize>(
+#[allow(clippy::too_many_arguments)]
+fn run_panels<'s, S: SimdF32>(
     s: S,
-    p: &PackedProjection,
-    x: &[f32],
+    b: &Panels<'_>,
+    start: impl Fn(usize) -> Start<'s>,
+    x: Left<'_>,
+    rows: usize,
     out: &mut [f32],
+    ldo: usize,
 ) {
-    let (k, n, width) = (p.k, p.n, G * TILE_UNITS);
-    let rows = x.len() / k;
-    assert!(x.len() == rows * k && out.len() >= rows * n);
-    let chunk = (PROJECTION_CHUNK_FLOATS / k).max(8);
+    match b.groups {
+        4 => panel_groups::<S, 4>(s, b, start, x, rows, out, ldo),
+        3 => panel_groups::<S, 3>(s, b, start, x, rows, out, ldo),
+        2 => panel_groups::<S, 2>(s, b, start, x, rows, out, ldo),
+        _ => panel_groups::<S, 1>(s, b, start, x, rows, out, ldo),
+    }
+}
+
+/// [`run_panels`] for panels of `G` column groups.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn panel_groups<'s, S: SimdF32, const G: usize>(
+    s: S,
+    b: &Panels<'_>,
+    start: impl Fn(usize) -> Start<'s>,
+    x: Left<'_>,
+    rows: usize,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    let (k, n, width) = (b.k, b.n, G * TILE_UNITS);
+    if rows == 0 || n == 0 {
+        return;
+    }
+    assert!(x.holds(rows, k) && ldo >= n && out.len() >= (rows - 1) * ldo + n);
     let panel_len = k * width;
-    for r0 in (0..rows).step_by(chunk) {
-        let end = (r0 + chunk).min(rows);
-        for c in 0..n.div_ceil(width) {
-            let panel = Panel {
-                weights: &p.weights[c * panel_len..(c + 1) * panel_len],
-                bias: &p.bias[c * width..(c + 1) * width],
-                groups: std::array::from_fn(|g| {
-                    let u0 = c * width + g * TILE_UNITS;
-                    Lanes {
-                        u0,
-                        n: n.saturating_sub(u0).min(TILE_UNITS),
-                    }
-                }),
-            };
-            panel_rows::<S, G>(s, &panel, x, k, r0..end, out, n);
+    // A reduction longer than a panel block goes in blocks, each adding to the outputs the
+    // one before wrote: every sum stays in order of `k`, bit for bit, and a block's share of a
+    // panel stays in L2 for all the row blocks of a chunk (a 2 MiB panel streamed from L3 for
+    // every 4 rows ran BPTT's products at a third of the speed).
+    let kc = match x.transposed {
+        false => k.min(PANEL_BLOCK_FLOATS / width),
+        true => k.min(TRANSPOSED_BLOCK_ROWS),
+    }
+    .max(1);
+    for k0 in (0..k).step_by(kc) {
+        let k1 = (k0 + kc).min(k);
+        let chunk = (PROJECTION_CHUNK_FLOATS / (k1 - k0)).max(8);
+        for r0 in (0..rows).step_by(chunk) {
+            let end = (r0 + chunk).min(rows);
+            for c in 0..n.div_ceil(width) {
+                let panel = Panel {
+                    weights: &b.weights[c * panel_len + k0 * width..c * panel_len + k1 * width],
+                    start: if k0 == 0 { start(c) } else { Start::Out },
+                    groups: std::array::from_fn(|g| {
+                        let u0 = c * width + g * TILE_UNITS;
+                        Lanes {
+                            u0,
+                            n: n.saturating_sub(u0).min(TILE_UNITS),
+                        }
+                    }),
+                };
+                panel_rows::<S, G>(s, &panel, x.skip_k(k0), k1 - k0, r0..end, out, ldo);
+            }
         }
     }
 }
 
-/// `out[r, columns of the panel] = bias + x[r] · panel` for rows `rows` (`x` rows `k` apart,
+/// Floats of a panel one reduction block of [`run_panels`] streams (256 KiB: with a chunk of
+/// inputs, half the 1 MiB L2 of the cores this targets).
+const PANEL_BLOCK_FLOATS: usize = 64 * 1024;
+/// Reduction rows per block of [`run_panels`] with a transposed left operand ([`Left`]), whose
+/// pass reads one line per reduction row for `R` of its rows: few enough that the lines stay
+/// cached for the next row blocks. Measured on BPTT's weight-gradient shapes (`Xᵀ·D`, `D` of
+/// 128 to 512 columns): 128 rows ran 1.0–1.6x faster than 1024, and 1.0–1.1x than 64 or 256.
+const TRANSPOSED_BLOCK_ROWS: usize = 128;
+
+/// `out[r, columns of the panel] = start + x[r] · panel` for rows `rows` (`x` rows `k` long,
 /// `out` rows `ldo` apart), a block of rows per pass.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn panel_rows<S: SimdF32, const G: usize>(
     s: S,
     panel: &Panel<'_>,
-    x: &[f32],
+    x: Left<'_>,
     k: usize,
     rows: std::ops::Range<usize>,
     out: &mut [f32],
@@ -1609,7 +1831,7 @@ fn recurrent_groups<S: SimdF32, const G: usize>(
     for tile in tiles {
         let panel = Panel {
             weights: &p.weights[tile * per_tile..(tile + 1) * per_tile],
-            bias: &p.bias[tile * G * TILE_UNITS..(tile + 1) * G * TILE_UNITS],
+            start: Start::Bias(&p.bias[tile * G * TILE_UNITS..(tile + 1) * G * TILE_UNITS]),
             groups: std::array::from_fn(|g| Lanes {
                 u0: g * h + tile * TILE_UNITS,
                 n: if g < G {
@@ -1619,14 +1841,15 @@ fn recurrent_groups<S: SimdF32, const G: usize>(
                 },
             }),
         };
-        panel_rows::<S, G>(s, &panel, h_prev, h, 0..batch, out, ldo);
+        panel_rows::<S, G>(s, &panel, Left::rows(h_prev, h), h, 0..batch, out, ldo);
     }
 }
 
-/// One projection panel: its weights, its bias, and the output columns of each group.
+/// One projection panel: its weights, what its accumulators start from, and the output
+/// columns of each group.
 struct Panel<'a> {
     weights: &'a [f32],
-    bias: &'a [f32],
+    start: Start<'a>,
     groups: [Lanes; 4],
 }
 
@@ -1636,26 +1859,53 @@ struct Panel<'a> {
 fn project_rows<S: SimdF32, const G: usize, const R: usize>(
     s: S,
     panel: &Panel<'_>,
-    x: &[f32],
+    x: Left<'_>,
     k: usize,
     out: &mut [f32],
     ldo: usize,
     r0: usize,
 ) -> usize {
-    let mut row = [s.splat16(0.0); G];
-    for (g, ag) in row.iter_mut().enumerate() {
-        for (v, a) in ag.as_mut().iter_mut().enumerate() {
-            *a = s.load(&panel.bias[g * TILE_UNITS + v * S::LANES..]);
+    let mut acc = [[s.splat16(0.0); G]; R];
+    match panel.start {
+        Start::Bias(bias) => {
+            for (g, ag) in acc[0].iter_mut().enumerate() {
+                for (v, a) in ag.as_mut().iter_mut().enumerate() {
+                    *a = s.load(&bias[g * TILE_UNITS + v * S::LANES..]);
+                }
+            }
+            acc = [acc[0]; R];
+        }
+        Start::Zero => {}
+        Start::Out => {
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let out_row = &out[(r0 + r) * ldo..];
+                for (&lanes, acc) in panel.groups.iter().zip(acc) {
+                    for (v, a) in acc.as_mut().iter_mut().enumerate() {
+                        if v * S::LANES < lanes.n {
+                            *a = lanes.load(s, out_row, v);
+                        }
+                    }
+                }
+            }
         }
     }
-    let mut acc = [row; R];
-    let xs: [&[f32]; R] = std::array::from_fn(|r| &x[(r0 + r) * k..(r0 + r + 1) * k]);
     assert!(panel.weights.len() >= k * G * TILE_UNITS);
     // One chain per accumulator, in order of k (no independent sets: see `project`).
-    for kk in 0..k {
-        // SAFETY: kk < k, the length of every row of `xs` and, asserted above, the panel's
-        // reduction rows.
-        unsafe { fma_row::<S, G, R, false>(s, panel.weights, kk, &xs, &mut acc) };
+    if x.transposed {
+        let cols = &x.data[r0.min(x.data.len())..];
+        assert!(k == 0 || cols.len() >= (k - 1) * x.ld + R);
+        for kk in 0..k {
+            // SAFETY: kk < k; asserted above, the panel's reduction rows and, for row kk, the
+            // R values from kk·ld.
+            unsafe { fma_column::<S, G, R>(s, panel.weights, kk, cols, x.ld, &mut acc) };
+        }
+    } else {
+        let xs: [&[f32]; R] = std::array::from_fn(|r| &x.data[(r0 + r) * x.ld..][..k]);
+        for kk in 0..k {
+            // SAFETY: kk < k, the length of every row of `xs` and, asserted above, the
+            // panel's reduction rows.
+            unsafe { fma_row::<S, G, R, false>(s, panel.weights, kk, &xs, &mut acc) };
+        }
     }
     for (r, acc) in acc.iter().enumerate() {
         let out_row = &mut out[(r0 + r) * ldo..];

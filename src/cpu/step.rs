@@ -251,6 +251,14 @@ fn add_assign<T: Real>(a: &mut [T], b: &[T]) {
     }
 }
 
+/// `out[j] = a[j] + b[j]`.
+#[inline(always)]
+fn add_into<T: Real>(out: &mut [T], a: &[T], b: &[T]) {
+    for (o, (&x, &y)) in out.iter_mut().zip(a.iter().zip(b)) {
+        *o = x + y;
+    }
+}
+
 /// Recurrent products of gate blocks `gates` restricted to `units`, for every row, into `out`
 /// (rows `ldo` apart, gate block `g` at `g·H`): one product over all columns for a whole step,
 /// one per gate block for a part.
@@ -370,14 +378,27 @@ pub(crate) fn lstm_fwd<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
     let (h_prev, c_prev) = s.state.split_at(bh);
     let (h_next, c_next) = s.next.split_at_mut(bh);
     recurrent_units(ops, w, s.batch, h_prev, 0..4, &u, s.scratch, gh);
+    let gate_cols = |gate: usize| gate * h + u.start..gate * h + u.end;
     for b in 0..s.batch {
-        // Scratch row: pre-activations, then in place the gates i, f, c̃, o (this part's units).
-        let g = &mut s.scratch[b * gh..(b + 1) * gh];
         let px = step_row(s.proj, b, gh, s.row_stride);
+        let rec = &mut s.scratch[b * gh..(b + 1) * gh];
+        // The gates i, f, c̃, o of this part's units: in place over the recurrent terms, or with
+        // a record straight into it (`[i, f, c̃, o, act(c)]` per row) rather than through a copy.
+        let (g, act_c) = if s.tape.is_empty() {
+            for gate in 0..4 {
+                add_assign(&mut rec[gate_cols(gate)], &px[gate_cols(gate)]);
+            }
+            (rec, None)
+        } else {
+            let (g, act_c) = s.tape[b * 5 * h..(b + 1) * 5 * h].split_at_mut(gh);
+            for gate in 0..4 {
+                let cols = gate_cols(gate);
+                add_into(&mut g[cols.clone()], &rec[cols.clone()], &px[cols]);
+            }
+            (g, Some(&mut act_c[u.clone()]))
+        };
         for (gate, a) in [ra, ra, act, ra].into_iter().enumerate() {
-            let cols = gate * h + u.start..gate * h + u.end;
-            add_assign(&mut g[cols.clone()], &px[cols.clone()]);
-            ops.activate(a, &mut g[cols]);
+            ops.activate(a, &mut g[gate_cols(gate)]);
         }
         let rows = b * h + u.start..b * h + u.end;
         let (hn, cn, cp) = (
@@ -388,19 +409,23 @@ pub(crate) fn lstm_fwd<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
         for (k, j) in u.clone().enumerate() {
             cn[k] = g[h + j] * cp[k] + g[j] * g[2 * h + j];
         }
-        // h holds act(c) until the output gate multiplies it.
-        hn.copy_from_slice(cn);
-        ops.activate(act, hn);
-        if !s.tape.is_empty() {
-            let t = &mut s.tape[b * 5 * h..(b + 1) * 5 * h];
-            for gate in 0..4 {
-                let cols = gate * h + u.start..gate * h + u.end;
-                t[cols.clone()].copy_from_slice(&g[cols]);
+        let o = &g[gate_cols(3)];
+        match act_c {
+            Some(act_c) => {
+                act_c.copy_from_slice(cn);
+                ops.activate(act, act_c);
+                for ((hv, &ov), &a) in hn.iter_mut().zip(o).zip(&*act_c) {
+                    *hv = ov * a;
+                }
             }
-            t[4 * h + u.start..4 * h + u.end].copy_from_slice(hn);
-        }
-        for (hv, &ov) in hn.iter_mut().zip(&g[3 * h + u.start..3 * h + u.end]) {
-            *hv *= ov;
+            None => {
+                // h holds act(c) until the output gate multiplies it.
+                hn.copy_from_slice(cn);
+                ops.activate(act, hn);
+                for (hv, &ov) in hn.iter_mut().zip(o) {
+                    *hv *= ov;
+                }
+            }
         }
     }
 }

@@ -35,7 +35,6 @@
 //! ```
 
 mod parallel;
-mod pool;
 mod run;
 mod stream;
 

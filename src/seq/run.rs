@@ -2,9 +2,9 @@
 
 use std::ops::Range;
 
-use super::pool::Scratch;
 use super::{Dims, GradMode, Gradients, Output, SeqSpec, parallel};
 use crate::cell::{Cell, Part, StepBackward, StepForward};
+use crate::cpu::pool::Scratch;
 use crate::error::{Result, check_len, try_filled};
 use crate::real::Real;
 
