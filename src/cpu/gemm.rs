@@ -387,6 +387,50 @@ mod tests {
         }
     }
 
+    /// The paths the random shapes above are too small for: reductions long enough to go in
+    /// blocks (transposed and not), and a transposed left operand copied to rows for a wide
+    /// output; against an `f64` sum, on every backend.
+    #[test]
+    fn blocked_reductions_and_copied_operands_match_an_f64_sum() {
+        let val = |i: usize| ((i * 7919 % 1000) as f32 - 500.0) / 500.0;
+        for (m, k, n, op_a) in [
+            (9, 1400, 70, Op::N),
+            (13, 300, 40, Op::T),
+            (5, 40, 1030, Op::T),
+        ] {
+            let a: Vec<f32> = (0..m * k).map(val).collect();
+            let b: Vec<f32> = (0..k * n).map(|i| val(i + 11)).collect();
+            let c0: Vec<f32> = (0..m * n).map(|i| val(i + 5)).collect();
+            let am = match op_a {
+                Op::N => Mat::dense(&a, m, k),
+                Op::T => Mat::dense(&a, k, m),
+            };
+            let at = |i: usize, q: usize| match op_a {
+                Op::N => a[i * k + q],
+                Op::T => a[q * m + i],
+            };
+            for backend in Backend::available() {
+                let mut c = c0.clone();
+                with_backend(backend, || {
+                    gemm(am, op_a, Mat::dense(&b, k, n), Op::N, 1.0, &mut c, m, n, n)
+                })
+                .unwrap();
+                for i in 0..m {
+                    for j in 0..n {
+                        let terms = (0..k).map(|q| at(i, q) as f64 * b[q * n + j] as f64);
+                        let scale = 1.0 + terms.clone().map(f64::abs).sum::<f64>();
+                        let want = c0[i * n + j] as f64 + terms.sum::<f64>();
+                        let got = c[i * n + j] as f64;
+                        assert!(
+                            (got - want).abs() <= 1e-5 * scale,
+                            "{backend:?} {m}x{k}x{n} {op_a:?} ({i}, {j}): {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     /// `beta = 0` ignores what `c` held, NaN included, on every backend.
     #[test]
     fn overwriting_ignores_nan_in_c() {

@@ -269,11 +269,27 @@ unsafe fn fma_row<S: SimdF32, const G: usize, const R: usize, const PF: bool>(
     if PF {
         prefetch_row(s, row.cast(), G * TILE_UNITS * 4);
     }
+    // SAFETY: the row holds G·16 values by the contract.
+    unsafe { fma_broadcasts::<S, G, R>(s, row, &hk, acc) };
+}
+
+/// `acc[r][g][v] += hk[r] · row[g·16 + v·LANES ..]`: one reduction row of a panel times the
+/// broadcast values of `R` rows.
+///
+/// # Safety
+/// `row` points to `G·16` readable values.
+#[inline(always)]
+unsafe fn fma_broadcasts<S: SimdF32, const G: usize, const R: usize>(
+    s: S,
+    row: *const f32,
+    hk: &[S::V; R],
+    acc: &mut [[S::X16; G]; R],
+) {
     for g in 0..G {
         for v in 0..TILE_UNITS / S::LANES {
-            // SAFETY: g·16 + v·LANES + LANES ≤ G·16, the length of row k.
+            // SAFETY: g·16 + v·LANES + LANES ≤ G·16, readable by the contract.
             let w = unsafe { s.load_ptr(row.add(g * TILE_UNITS + v * S::LANES)) };
-            for (a, &h) in acc.iter_mut().zip(&hk) {
+            for (a, &h) in acc.iter_mut().zip(hk) {
                 a[g][v] = s.fma(h, w, a[g][v]);
             }
         }
@@ -297,17 +313,8 @@ unsafe fn fma_column<S: SimdF32, const G: usize, const R: usize>(
     // SAFETY: k·ld + r < k·ld + R, inside `cols` by the contract.
     let hk: [S::V; R] =
         std::array::from_fn(|r| s.splat(unsafe { *cols.get_unchecked(k * ld + r) }));
-    // SAFETY: row k lies inside the panel by the contract.
-    let row = unsafe { panel.as_ptr().add(k * G * TILE_UNITS) };
-    for g in 0..G {
-        for v in 0..TILE_UNITS / S::LANES {
-            // SAFETY: g·16 + v·LANES + LANES ≤ G·16, the length of row k.
-            let w = unsafe { s.load_ptr(row.add(g * TILE_UNITS + v * S::LANES)) };
-            for (a, &h) in acc.iter_mut().zip(&hk) {
-                a[g][v] = s.fma(h, w, a[g][v]);
-            }
-        }
-    }
+    // SAFETY: row k, G·16 values, lies inside the panel by the contract.
+    unsafe { fma_broadcasts::<S, G, R>(s, panel.as_ptr().add(k * G * TILE_UNITS), &hk, acc) };
 }
 
 /// How far ahead of the reduction row being multiplied a prefetching panel pass asks for the
