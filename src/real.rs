@@ -94,8 +94,8 @@ mod private {
         ) -> bool;
         /// Whether [`Sealed::packed_product`] runs for this type on the active backend.
         fn packs_products() -> bool;
-        /// A matrix product on this type's own kernel (see [`cpu::packed_product`]); `false`
-        /// when nothing was written.
+        /// A matrix product on this type's own kernel, adding the column sums of `op(b)` to
+        /// `sums` (see [`cpu::packed_product`]); `false` when nothing was written.
         #[allow(clippy::too_many_arguments)]
         fn packed_product(
             a: Mat<'_, Self>,
@@ -106,6 +106,7 @@ mod private {
             c: &mut [Self],
             ldc: usize,
             threads: usize,
+            sums: &mut [Self],
         ) -> bool;
     }
     impl Sealed for f32 {
@@ -141,8 +142,9 @@ mod private {
             c: &mut [Self],
             ldc: usize,
             threads: usize,
+            sums: &mut [Self],
         ) -> bool {
-            cpu::packed_product(a, op_a, b, op_b, accumulate, c, ldc, threads)
+            cpu::packed_product(a, op_a, b, op_b, accumulate, c, ldc, threads, sums)
         }
     }
     impl Sealed for f64 {
@@ -175,6 +177,7 @@ mod private {
             _: &mut [Self],
             _: usize,
             _: usize,
+            _: &mut [Self],
         ) -> bool {
             false
         }

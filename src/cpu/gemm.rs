@@ -98,6 +98,65 @@ pub(crate) fn gemm<T: Real>(
     c_cols: usize,
     ldc: usize,
 ) {
+    product(a, op_a, b, op_b, beta, c, c_rows, c_cols, ldc, &mut []);
+}
+
+/// [`gemm`] with `beta = 1`, also adding `Σ_k op(b)[k, j]` to `sums[j]` (`n` values, summed in
+/// order of `k`): on the packed path the sums come from the pass that packs `op(b)`, which
+/// reads it anyway (BPTT's bias gradient beside its kernel gradient).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_summing<T: Real>(
+    a: Mat<'_, T>,
+    op_a: Op,
+    b: Mat<'_, T>,
+    op_b: Op,
+    c: &mut [T],
+    c_rows: usize,
+    c_cols: usize,
+    ldc: usize,
+    sums: &mut [T],
+) {
+    assert!(sums.is_empty() || sums.len() == c_cols, "gemm sums");
+    product(a, op_a, b, op_b, T::ONE, c, c_rows, c_cols, ldc, sums);
+}
+
+/// `sums[j] += Σ_k op(b)[k, j]` in order of `k` (no-op when `sums` is empty).
+pub(crate) fn add_column_sums<T: Real>(sums: &mut [T], b: Mat<'_, T>, op_b: Op) {
+    if sums.is_empty() {
+        return;
+    }
+    match op_b {
+        Op::N => {
+            for r in 0..b.rows {
+                for (s, &v) in sums.iter_mut().zip(&b.data[r * b.ld..][..b.cols]) {
+                    *s += v;
+                }
+            }
+        }
+        Op::T => {
+            for (j, s) in sums.iter_mut().enumerate().take(b.rows) {
+                for &v in &b.data[j * b.ld..][..b.cols] {
+                    *s += v;
+                }
+            }
+        }
+    }
+}
+
+/// [`gemm`] and [`gemm_summing`].
+#[allow(clippy::too_many_arguments)]
+fn product<T: Real>(
+    a: Mat<'_, T>,
+    op_a: Op,
+    b: Mat<'_, T>,
+    op_b: Op,
+    beta: T,
+    c: &mut [T],
+    c_rows: usize,
+    c_cols: usize,
+    ldc: usize,
+    sums: &mut [T],
+) {
     let (m, k) = if op_a == Op::N {
         (a.rows, a.cols)
     } else {
@@ -120,7 +179,7 @@ pub(crate) fn gemm<T: Real>(
         "gemm bounds"
     );
     if m == 0 || n == 0 {
-        return;
+        return add_column_sums(sums, b, op_b);
     }
     if k == 0 {
         for r in 0..m {
@@ -143,10 +202,12 @@ pub(crate) fn gemm<T: Real>(
             c,
             ldc,
             if split { threads } else { 1 },
+            sums,
         )
     {
         return;
     }
+    add_column_sums(sums, b, op_b);
     let threads = threads.min(m.max(n));
     if threads <= 1 || !split {
         return product_raw(a, op_a, b, op_b, beta, c, m, n, ldc);
@@ -426,6 +487,58 @@ mod tests {
                             "{backend:?} {m}x{k}x{n} {op_a:?} ({i}, {j}): {got} vs {want}"
                         );
                     }
+                }
+            }
+        }
+    }
+
+    /// `gemm_summing` adds the column sums of `op(b)` in order of `k`, the bits of a plain
+    /// running sum, on every backend and on one and two threads (whose packing splits the
+    /// columns), with the product unchanged.
+    #[test]
+    fn summing_adds_the_column_sums_of_b() {
+        let val = |i: usize| ((i * 7919 % 1000) as f32 - 500.0) / 250.0;
+        for (m, k, n, op_b) in [
+            (3, 5, 7, Op::N),
+            (64, 300, 200, Op::N),
+            (64, 300, 200, Op::T),
+        ] {
+            let a: Vec<f32> = (0..m * k).map(val).collect();
+            let b: Vec<f32> = (0..k * n).map(|i| val(i + 7)).collect();
+            let bm = match op_b {
+                Op::N => Mat::dense(&b, k, n),
+                Op::T => Mat::dense(&b, n, k),
+            };
+            let bt = |q: usize, j: usize| match op_b {
+                Op::N => b[q * n + j],
+                Op::T => b[j * k + q],
+            };
+            let start: Vec<f32> = (0..n).map(|j| val(j + 3)).collect();
+            let mut want = start.clone();
+            for q in 0..k {
+                for (j, w) in want.iter_mut().enumerate() {
+                    *w += bt(q, j);
+                }
+            }
+            for backend in Backend::available() {
+                for threads in [1, 2] {
+                    let (mut c, mut c_plain) = (vec![1.0f32; m * n], vec![1.0f32; m * n]);
+                    let mut sums = start.clone();
+                    with_backend(backend, || {
+                        with_threads(threads, || {
+                            let am = Mat::dense(&a, m, k);
+                            gemm_summing(am, Op::N, bm, op_b, &mut c, m, n, n, &mut sums);
+                            gemm(am, Op::N, bm, op_b, 1.0, &mut c_plain, m, n, n);
+                        })
+                    })
+                    .unwrap();
+                    assert_eq!(c, c_plain, "{backend:?} {threads}");
+                    assert!(
+                        sums.iter()
+                            .zip(&want)
+                            .all(|(x, y)| x.to_bits() == y.to_bits()),
+                        "{backend:?} {threads} {op_b:?}"
+                    );
                 }
             }
         }

@@ -634,7 +634,8 @@ pub(crate) fn packs_products() -> bool {
 /// operand cannot be allocated.
 ///
 /// `op(b)` is packed into panels once per call (`k·n` values, against `m·k·n` multiply-adds,
-/// the panels shared among the threads); `a` is read in place, transposed or not.
+/// the panels shared among the threads); `a` is read in place, transposed or not. The packing
+/// also adds the column sums of `op(b)` to `sums` (empty: none; see [`packed::Panels::pack`]).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn packed_product(
     a: gemm::Mat<'_, f32>,
@@ -645,17 +646,18 @@ pub(crate) fn packed_product(
     c: &mut [f32],
     ldc: usize,
     threads: usize,
+    sums: &mut [f32],
 ) -> bool {
     match active_backend() {
         #[cfg(target_arch = "x86_64")]
         Backend::Avx512 => {
             let s = simd::Avx512::try_new().expect("dispatch checked availability");
-            product_on(s, a, op_a, b, op_b, accumulate, c, ldc, threads)
+            product_on(s, a, op_a, b, op_b, accumulate, c, ldc, threads, sums)
         }
         #[cfg(target_arch = "x86_64")]
         Backend::Avx2 => {
             let s = simd::Avx2::try_new().expect("dispatch checked availability");
-            product_on(s, a, op_a, b, op_b, accumulate, c, ldc, threads)
+            product_on(s, a, op_a, b, op_b, accumulate, c, ldc, threads, sums)
         }
         _ => false,
     }
@@ -673,6 +675,7 @@ fn product_on<S: simd::SimdF32>(
     c: &mut [f32],
     ldc: usize,
     threads: usize,
+    sums: &mut [f32],
 ) -> bool {
     use gemm::{Mat, Op};
     let (m, k) = match op_a {
@@ -681,6 +684,7 @@ fn product_on<S: simd::SimdF32>(
     };
     let n = if op_b == Op::N { b.cols } else { b.rows };
     if m == 0 || n == 0 {
+        gemm::add_column_sums(sums, b, op_b);
         return true;
     }
     let Ok(mut packed) = pool::Scratch::overwritten("b", packed::Panels::layout(k, n).1, 0.0)
@@ -688,7 +692,7 @@ fn product_on<S: simd::SimdF32>(
         return false;
     };
     let parts = threads.clamp(1, m);
-    let panels = packed::Panels::pack(&mut packed, b.data, b.ld, op_b == Op::T, k, n, parts);
+    let panels = packed::Panels::pack(&mut packed, b.data, b.ld, op_b == Op::T, k, n, parts, sums);
     // One block of whole rows of `c`: a transposed `a` is read in place, a line per reduction
     // row for a few of its rows; with many output columns to share it, a copy to rows costs
     // less than those reads (`m·k` copies against `m·k·n` multiply-adds). `Xᵀ·D` with X rows
@@ -808,10 +812,50 @@ pub(crate) fn project_rows_backward<T: Real, I: Dim>(
     // All T·B rows at once: the matrix-product path, which needs no ISA dispatch.
     let i = input.value();
     let rows = x.len() / i;
+    if rows <= SMALL_ROWS || d_kernel.is_empty() {
+        step::product_rows_backward(
+            ScalarOps, input, rows, x, i, kernel, p, 0, d_proj, p, p, dx, d_kernel,
+        );
+        sum_rows_into(d_bias, d_proj, p);
+        return;
+    }
     step::product_rows_backward(
-        ScalarOps, input, rows, x, i, kernel, p, 0, d_proj, p, p, dx, d_kernel,
+        ScalarOps,
+        input,
+        rows,
+        x,
+        i,
+        kernel,
+        p,
+        0,
+        d_proj,
+        p,
+        p,
+        dx,
+        &mut [],
     );
-    sum_rows_into(d_bias, d_proj, p);
+    // The bias gradient from the pass that packs `d_proj` for the kernel gradient.
+    gemm::gemm_summing(
+        gemm::Mat {
+            data: x,
+            rows,
+            cols: i,
+            ld: i,
+        },
+        gemm::Op::T,
+        gemm::Mat {
+            data: d_proj,
+            rows,
+            cols: p,
+            ld: p,
+        },
+        gemm::Op::N,
+        d_kernel,
+        i,
+        p,
+        p,
+        d_bias,
+    );
 }
 
 /// `acc[j] += Σ_r d[r·ld + j]` (no-op when `acc` is empty).

@@ -1293,7 +1293,7 @@ impl PackedProjection {
         let (groups, len) = Panels::layout(k, n);
         let width = groups * TILE_UNITS;
         let mut weights = CacheAligned::filled(len, 0.0);
-        Panels::pack(&mut weights, kernel, n, false, k, n, 1);
+        Panels::pack(&mut weights, kernel, n, false, k, n, 1, &mut []);
         let mut packed_bias = CacheAligned::filled(n.div_ceil(width) * width, 0.0);
         packed_bias[..bias.len()].copy_from_slice(bias);
         Self {
@@ -1363,7 +1363,8 @@ impl<'a> Panels<'a> {
     /// Packs `B [k, n]` into `dst` (at least [`Panels::layout`]'s length): `B[kk, j]` is
     /// `b[kk·ldb + j]`, or with `transposed` `b[j·ldb + kk]`, the panels shared among up to
     /// `threads` threads. Columns past `n` are zeroed, so that the lanes no output keeps hold
-    /// no NaN or subnormal to slow the kernel.
+    /// no NaN or subnormal to slow the kernel. Adds `Σ_kk B[kk, j]` to `sums[j]` in order of
+    /// `kk` (`sums` empty: none), from the values the packing reads anyway.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn pack(
         dst: &'a mut [f32],
@@ -1373,35 +1374,57 @@ impl<'a> Panels<'a> {
         k: usize,
         n: usize,
         threads: usize,
+        sums: &mut [f32],
     ) -> Self {
         let (groups, len) = Self::layout(k, n);
+        assert!(sums.is_empty() || sums.len() == n);
         let width = groups * TILE_UNITS;
         let dst = &mut dst[..len];
         let panel_len = (k * width).max(1);
-        let pack_panel = |c: usize, panel: &mut [f32]| {
+        // Panel `c`, and the sums of its columns.
+        let pack_panel = |c: usize, panel: &mut [f32], sums: &mut [f32]| {
             let cols = c * width..((c + 1) * width).min(n);
             let w = cols.len();
             for (kk, row) in panel.chunks_exact_mut(width).enumerate() {
                 if !transposed {
-                    row[..w].copy_from_slice(&b[kk * ldb + cols.start..][..w]);
+                    let src = &b[kk * ldb + cols.start..][..w];
+                    row[..w].copy_from_slice(src);
+                    for (s, &v) in sums.iter_mut().zip(src) {
+                        *s += v;
+                    }
                 }
                 row[w..].fill(0.0);
             }
             if transposed {
                 // Column by column: each reads one contiguous row of `b`.
                 for (jj, j) in cols.enumerate() {
-                    for (kk, &v) in b[j * ldb..][..k].iter().enumerate() {
+                    let src = &b[j * ldb..][..k];
+                    for (kk, &v) in src.iter().enumerate() {
                         panel[kk * width + jj] = v;
+                    }
+                    if let Some(s) = sums.get_mut(jj) {
+                        for &v in src {
+                            *s += v;
+                        }
                     }
                 }
             }
         };
         let panels = len / panel_len;
-        let per = panels.div_ceil(threads.clamp(1, panels.max(1)));
-        let shares = dst.chunks_mut((per * panel_len).max(1)).enumerate();
-        let pack_share = |(i, share): (usize, &mut [f32])| {
+        let per = panels.div_ceil(threads.clamp(1, panels.max(1))).max(1);
+        // Each share of panels with its columns' sums (none when `sums` is empty).
+        let sum_shares = sums
+            .chunks_mut(per * width)
+            .map(Some)
+            .chain(std::iter::repeat_with(|| None));
+        let shares = dst.chunks_mut(per * panel_len).enumerate().zip(sum_shares);
+        let pack_share = |((i, share), sums): ((usize, &mut [f32]), Option<&mut [f32]>)| {
+            let mut sums = sums.unwrap_or_default();
             for (j, panel) in share.chunks_exact_mut(panel_len).enumerate() {
-                pack_panel(i * per + j, panel);
+                let take = width.min(sums.len());
+                let (here, rest) = std::mem::take(&mut sums).split_at_mut(take);
+                sums = rest;
+                pack_panel(i * per + j, panel, here);
             }
         };
         if per < panels {
