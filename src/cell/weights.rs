@@ -7,6 +7,7 @@ use std::sync::OnceLock;
 use super::{Cell, Param, Part, StepBackward, StepForward};
 use crate::cpu;
 use crate::cpu::packed::{PackedProjection, PackedRecurrent, TILE_UNITS};
+use crate::cpu::pool::Scratch;
 use crate::dim::Dim;
 use crate::error::{Error, Result, check_len, check_nonzero, checked_size, try_filled};
 use crate::real::Real;
@@ -525,12 +526,20 @@ impl<T: Real, K: CellKind, I: Dim, H: Dim> Cell<T> for Recurrent<T, K, I, H> {
         }
         let (h, p) = (self.hidden_size(), K::GATES * self.hidden_size());
         let rows = d_proj.len() / p;
-        // h_{t−1} of every step and row, stacked [T·B, H] (state 0 of each snapshot).
+        // h_{t−1} of every step and row, [T·B, H]: state 0 of each snapshot, which are those
+        // rows already where a snapshot holds nothing else.
         let snapshot = K::STATES * batch * h;
-        let mut h_prev = Vec::with_capacity(rows * h);
-        for t in 0..rows / batch {
-            h_prev.extend_from_slice(&states[t * snapshot..t * snapshot + batch * h]);
-        }
+        let gathered;
+        let h_prev = if snapshot == batch * h {
+            &states[..rows * h]
+        } else {
+            let mut v = Scratch::overwritten_or_abort(rows * h, T::ZERO);
+            for (t, dst) in v.chunks_exact_mut((batch * h).max(1)).enumerate() {
+                dst.copy_from_slice(&states[t * snapshot..][..batch * h]);
+            }
+            gathered = v;
+            &gathered[..]
+        };
         let (d_rk, d_rb) = recurrent_grads(grads);
         // The recurrent gradients of every row: `d_proj`, with the scaled block multiplied in
         // where there is one.
@@ -538,7 +547,8 @@ impl<T: Real, K: CellKind, I: Dim, H: Dim> Cell<T> for Recurrent<T, K, I, H> {
         let d_rec = match self.kind.recurrent_gate_scale(h) {
             None => d_proj,
             Some(scale) => {
-                let mut v = d_proj.to_vec();
+                let mut v = Scratch::overwritten_or_abort(d_proj.len(), T::ZERO);
+                v.copy_from_slice(d_proj);
                 self.scale_recurrent_block(scale, &mut v, tape);
                 scaled = v;
                 &scaled[..]
@@ -546,7 +556,7 @@ impl<T: Real, K: CellKind, I: Dim, H: Dim> Cell<T> for Recurrent<T, K, I, H> {
         };
         cpu::project_rows_backward(
             self.weights.hidden,
-            &h_prev,
+            h_prev,
             &self.weights.recurrent_kernel,
             d_rec,
             p,

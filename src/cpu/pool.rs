@@ -56,6 +56,19 @@ impl<T: Copy + 'static> Scratch<T> {
     }
 }
 
+impl<T: Copy + 'static> Scratch<T> {
+    /// [`Scratch::overwritten`] for a caller with no error to return: a failed allocation
+    /// ends the process, as a `Vec`'s does.
+    pub(crate) fn overwritten_or_abort(len: usize, value: T) -> Self {
+        Self::overwritten("scratch", len, value).unwrap_or_else(|_| {
+            let layout =
+                std::alloc::Layout::array::<T>(len.saturating_add(CacheAligned::<T>::SLACK))
+                    .unwrap_or(std::alloc::Layout::new::<T>());
+            std::alloc::handle_alloc_error(layout)
+        })
+    }
+}
+
 /// The idle `Vec<T>` that best fits `len` (or an empty one).
 fn take<T: 'static>(len: usize) -> Vec<T> {
     IDLE.with(|idle| {
