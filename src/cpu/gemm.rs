@@ -313,6 +313,19 @@ mod tests {
     use crate::cpu::{Backend, with_backend};
     use proptest::prelude::*;
 
+    /// Deterministic values in [−2, 2).
+    fn val(i: usize) -> f32 {
+        ((i * 7919 % 1000) as f32 - 500.0) / 250.0
+    }
+
+    /// A dense view of `data` that `op` reads as `rows × cols`.
+    fn read_as(data: &[f32], rows: usize, cols: usize, op: Op) -> Mat<'_, f32> {
+        match op {
+            Op::N => Mat::dense(data, rows, cols),
+            Op::T => Mat::dense(data, cols, rows),
+        }
+    }
+
     /// An `f32` product case: `op(a) [m, k] · op(b) [k, n]` with leading dimensions padded by
     /// `pad`, `beta` 0 or 1.
     #[derive(Debug, Clone)]
@@ -422,11 +435,11 @@ mod tests {
     fn two_threads_give_the_bits_of_one() {
         let (m, k, n) = (203, 97, 131);
         assert!(m * k * n >= SPLIT_MIN_FMAS);
-        let val = |i: usize| ((i * 7919 % 1000) as f32 - 500.0) / 250.0;
         let a: Vec<f32> = (0..m * k).map(val).collect();
         let b: Vec<f32> = (0..k * n).map(|i| val(i + 17)).collect();
         for backend in Backend::available() {
-            for (am, op_a) in [(Mat::dense(&a, m, k), Op::N), (Mat::dense(&a, k, m), Op::T)] {
+            for op_a in [Op::N, Op::T] {
+                let am = read_as(&a, m, k, op_a);
                 let run = |threads| {
                     let mut c: Vec<f32> = (0..m * n).map(|i| val(i + 3)).collect();
                     with_backend(backend, || {
@@ -453,7 +466,6 @@ mod tests {
     /// output; against an `f64` sum, on every backend.
     #[test]
     fn blocked_reductions_and_copied_operands_match_an_f64_sum() {
-        let val = |i: usize| ((i * 7919 % 1000) as f32 - 500.0) / 500.0;
         for (m, k, n, op_a) in [
             (9, 1400, 70, Op::N),
             (13, 300, 40, Op::T),
@@ -462,10 +474,7 @@ mod tests {
             let a: Vec<f32> = (0..m * k).map(val).collect();
             let b: Vec<f32> = (0..k * n).map(|i| val(i + 11)).collect();
             let c0: Vec<f32> = (0..m * n).map(|i| val(i + 5)).collect();
-            let am = match op_a {
-                Op::N => Mat::dense(&a, m, k),
-                Op::T => Mat::dense(&a, k, m),
-            };
+            let am = read_as(&a, m, k, op_a);
             let at = |i: usize, q: usize| match op_a {
                 Op::N => a[i * k + q],
                 Op::T => a[q * m + i],
@@ -497,7 +506,6 @@ mod tests {
     /// columns), with the product unchanged.
     #[test]
     fn summing_adds_the_column_sums_of_b() {
-        let val = |i: usize| ((i * 7919 % 1000) as f32 - 500.0) / 250.0;
         for (m, k, n, op_b) in [
             (3, 5, 7, Op::N),
             (64, 300, 200, Op::N),
@@ -505,10 +513,7 @@ mod tests {
         ] {
             let a: Vec<f32> = (0..m * k).map(val).collect();
             let b: Vec<f32> = (0..k * n).map(|i| val(i + 7)).collect();
-            let bm = match op_b {
-                Op::N => Mat::dense(&b, k, n),
-                Op::T => Mat::dense(&b, n, k),
-            };
+            let bm = read_as(&b, k, n, op_b);
             let bt = |q: usize, j: usize| match op_b {
                 Op::N => b[q * n + j],
                 Op::T => b[j * k + q],
