@@ -92,8 +92,6 @@ mod private {
             x: &[Self],
             proj: &mut [Self],
         ) -> bool;
-        /// Whether [`Sealed::packed_product`] runs for this type on the active backend.
-        fn packs_products() -> bool;
         /// A matrix product on this type's own kernel, adding the column sums of `op(b)` to
         /// `sums` (see [`cpu::packed_product`]); `false` when nothing was written.
         #[allow(clippy::too_many_arguments)]
@@ -130,9 +128,6 @@ mod private {
         ) -> bool {
             cpu::project_rows_bf16(w.packed_projection(), x, proj)
         }
-        fn packs_products() -> bool {
-            cpu::packs_products()
-        }
         fn packed_product(
             a: Mat<'_, Self>,
             op_a: Op,
@@ -163,9 +158,6 @@ mod private {
             _: &[Self],
             _: &mut [Self],
         ) -> bool {
-            false
-        }
-        fn packs_products() -> bool {
             false
         }
         fn packed_product(

@@ -192,7 +192,6 @@ fn product<T: Real>(
     let threads = THREADS.with(|t| t.get());
     let split = threads > 1 && m.saturating_mul(n).saturating_mul(k) >= SPLIT_MIN_FMAS;
     if (beta == T::ZERO || beta == T::ONE)
-        && T::packs_products()
         && T::packed_product(
             a,
             op_a,

@@ -622,15 +622,10 @@ pub(crate) fn project_rows_bf16(
     active_backend() == Backend::Avx512 && packed::project_bf16(packed, x, proj)
 }
 
-/// Whether the large `f32` products run on [`packed_product`]: on the SIMD backends, unless
-/// the `openblas` feature asks for the system's OpenBLAS.
-pub(crate) fn packs_products() -> bool {
-    !cfg!(feature = "openblas") && active_backend() != Backend::Scalar
-}
-
 /// `c [m, n] = op(a) · op(b)`, plus the values `c` held with `accumulate` (`c` rows `ldc`
-/// apart), on the projection kernel ([`packed::product`]) where [`packs_products`], split by
-/// rows across `threads` threads; `false`, writing nothing, elsewhere or when its packed
+/// apart), on the projection kernel ([`packed::product`]) on the SIMD backends, split by rows
+/// across `threads` threads; `false`, writing nothing, on the scalar one, with the `openblas`
+/// feature (which asks for the system's OpenBLAS), for an empty product, or when its packed
 /// operand cannot be allocated.
 ///
 /// `op(b)` is packed into panels once per call (`k·n` values, against `m·k·n` multiply-adds,
@@ -648,6 +643,9 @@ pub(crate) fn packed_product(
     threads: usize,
     sums: &mut [f32],
 ) -> bool {
+    if cfg!(feature = "openblas") {
+        return false;
+    }
     match active_backend() {
         #[cfg(target_arch = "x86_64")]
         Backend::Avx512 => {
@@ -684,8 +682,7 @@ fn product_on<S: simd::SimdF32>(
     };
     let n = if op_b == Op::N { b.cols } else { b.rows };
     if m == 0 || n == 0 {
-        gemm::add_column_sums(sums, b, op_b);
-        return true;
+        return false;
     }
     let Ok(mut packed) = pool::Scratch::overwritten("b", packed::Panels::layout(k, n).1, 0.0)
     else {
