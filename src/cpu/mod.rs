@@ -809,29 +809,17 @@ pub(crate) fn project_rows_backward<T: Real, I: Dim>(
     // All T·B rows at once: the matrix-product path, which needs no ISA dispatch.
     let i = input.value();
     let rows = x.len() / i;
-    if rows <= SMALL_ROWS || d_kernel.is_empty() {
-        step::product_rows_backward(
-            ScalarOps, input, rows, x, i, kernel, p, 0, d_proj, p, p, dx, d_kernel,
-        );
+    // With a matrix product for the kernel gradient, the bias gradient comes from the pass
+    // that packs `d_proj` for it.
+    let fused = rows > SMALL_ROWS && !d_kernel.is_empty();
+    let dw: &mut [T] = if fused { &mut [] } else { &mut *d_kernel };
+    step::product_rows_backward(
+        ScalarOps, input, rows, x, i, kernel, p, 0, d_proj, p, p, dx, dw,
+    );
+    if !fused {
         sum_rows_into(d_bias, d_proj, p);
         return;
     }
-    step::product_rows_backward(
-        ScalarOps,
-        input,
-        rows,
-        x,
-        i,
-        kernel,
-        p,
-        0,
-        d_proj,
-        p,
-        p,
-        dx,
-        &mut [],
-    );
-    // The bias gradient from the pass that packs `d_proj` for the kernel gradient.
     gemm::gemm_summing(
         gemm::Mat {
             data: x,

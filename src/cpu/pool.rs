@@ -3,8 +3,9 @@
 //! A run's time-major copy of the inputs, its input projection, BPTT's gradient buffers and
 //! the packed operands of its matrix products can be megabytes. Allocated afresh on every
 //! call, blocks that large come from the system as new pages (the allocator hands them back on
-//! free), and faulting those in measured 7 % of a B=16, H=512 SimpleRNN inference. Instead, a thread keeps a few such buffers between its
-//! runs: a run takes the best-fitting one, and returns it when done.
+//! free), and faulting those in measured 7 % of a B=16, H=512 SimpleRNN inference. Instead, a
+//! thread keeps a few such buffers between its runs: a run takes the best-fitting one, and
+//! returns it when done.
 
 use std::any::Any;
 use std::cell::RefCell;
@@ -54,9 +55,7 @@ impl<T: Copy + 'static> Scratch<T> {
             buf: CacheAligned::within(buf, len, value),
         })
     }
-}
 
-impl<T: Copy + 'static> Scratch<T> {
     /// [`Scratch::overwritten`] for a caller with no error to return: a failed allocation
     /// ends the process, as a `Vec`'s does.
     pub(crate) fn overwritten_or_abort(len: usize, value: T) -> Self {
