@@ -548,6 +548,77 @@ mod tests {
         }
     }
 
+    /// Products inside a `share_packing` scope for `b` give the bits they give outside it, on
+    /// every backend and on one and two threads: two left operands against `b` (the second
+    /// reusing the first's panels and column sums), `b` read as another shape (its first
+    /// rows, transposed) and another operand, between them.
+    #[test]
+    fn shared_packing_gives_the_bits_of_separate_products() {
+        let (k, n) = (300, 70);
+        let b: Vec<f32> = (0..k * n).map(|i| val(i + 7)).collect();
+        let other: Vec<f32> = (0..k * n).map(|i| val(i + 29)).collect();
+        let lefts: Vec<Vec<f32>> = (0..4)
+            .map(|s| (0..k * 40).map(|i| val(i + 13 * s)).collect())
+            .collect();
+        // (left, its op, rows of c, the right operand as read) for each product, in order.
+        let products = || {
+            let shaped = Mat::dense(&b, k, n);
+            [
+                (Mat::dense(&lefts[0], k, 40), Op::T, 40, shaped, Op::N),
+                (
+                    Mat::dense(&lefts[1], 40, k),
+                    Op::N,
+                    40,
+                    Mat::dense(&other, k, n),
+                    Op::N,
+                ),
+                (
+                    Mat::dense(&lefts[2], 40, 30),
+                    Op::N,
+                    40,
+                    Mat::dense(&b, 30, 30),
+                    Op::T,
+                ),
+                (Mat::dense(&lefts[3], 40, k), Op::N, 40, shaped, Op::N),
+            ]
+        };
+        for backend in Backend::available() {
+            for threads in [1, 2] {
+                let run = |shared: bool| {
+                    let mut out = Vec::new();
+                    with_backend(backend, || {
+                        with_threads(threads, || {
+                            let mut all = || {
+                                for (a, op_a, m, bm, op_b) in products() {
+                                    let cols = if op_b == Op::N { bm.cols } else { bm.rows };
+                                    let (mut c, mut sums) =
+                                        (vec![0.5f32; m * cols], vec![0.0; cols]);
+                                    gemm_summing(
+                                        a, op_a, bm, op_b, &mut c, m, cols, cols, &mut sums,
+                                    );
+                                    out.push((c, sums));
+                                }
+                            };
+                            if shared {
+                                crate::cpu::share_packing(&b, all)
+                            } else {
+                                all()
+                            }
+                        })
+                    })
+                    .unwrap();
+                    out
+                };
+                let bits = |v: &[(Vec<f32>, Vec<f32>)]| -> Vec<Vec<u32>> {
+                    v.iter()
+                        .map(|(c, s)| c.iter().chain(s).map(|x| x.to_bits()).collect())
+                        .collect()
+                };
+                assert_eq!(bits(&run(true)), bits(&run(false)), "{backend:?} {threads}");
+            }
+        }
+    }
+
     /// `beta = 0` ignores what `c` held, NaN included, on every backend.
     #[test]
     fn overwriting_ignores_nan_in_c() {

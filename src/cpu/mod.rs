@@ -33,7 +33,7 @@ pub(crate) mod pool;
 pub(crate) mod simd;
 pub(crate) mod step;
 
-use std::cell::Cell as StdCell;
+use std::cell::{Cell as StdCell, RefCell};
 use std::ops::Range;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -43,7 +43,7 @@ use crate::cell::lstm::LstmKind;
 use crate::cell::simple_rnn::SimpleRnnKind;
 use crate::cell::{RecurrentWeights, StepBackward, StepForward};
 use crate::dim::Dim;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, try_filled};
 use crate::real::Real;
 use ops::{RowOps, ScalarOps};
 
@@ -684,12 +684,55 @@ fn product_on<S: simd::SimdF32>(
     if m == 0 || n == 0 {
         return false;
     }
-    let Ok(mut packed) = pool::Scratch::overwritten("b", packed::Panels::layout(k, n).1, 0.0)
-    else {
-        return false;
-    };
     let parts = threads.clamp(1, m);
-    let panels = packed::Panels::pack(&mut packed, b.data, b.ld, op_b == Op::T, k, n, parts, sums);
+    let shape = PackedShape {
+        ld: b.ld,
+        transposed: op_b == Op::T,
+        k,
+        n,
+    };
+    // In a `share_packing` scope for `b`, the first product keeps the column sums apart from
+    // the caller's, for the later ones to add to theirs.
+    let (mut packed, mut column_sums, fresh) = match take_shared(b.data, shape) {
+        Sharing::Packed(packed, column_sums) => (packed, Some(column_sums), false),
+        sharing => {
+            let column_sums = match sharing {
+                Sharing::Unpacked => match try_filled("b", n, 0.0) {
+                    Ok(v) => Some(v),
+                    Err(_) => return false,
+                },
+                _ => None,
+            };
+            let layout = packed::Panels::layout(k, n).1;
+            let Ok(packed) = pool::Scratch::overwritten("b", layout, 0.0) else {
+                return false;
+            };
+            (packed, column_sums, true)
+        }
+    };
+    let panels = if fresh {
+        let into = match &mut column_sums {
+            Some(v) => &mut v[..],
+            None => &mut *sums,
+        };
+        packed::Panels::pack(
+            &mut packed,
+            b.data,
+            b.ld,
+            shape.transposed,
+            k,
+            n,
+            parts,
+            into,
+        )
+    } else {
+        packed::Panels::packed(&packed, k, n)
+    };
+    if let Some(column_sums) = &column_sums {
+        for (s, &v) in sums.iter_mut().zip(column_sums) {
+            *s += v;
+        }
+    }
     // One block of whole rows of `c`: a transposed `a` is read in place, a line per reduction
     // row for a few of its rows; with many output columns to share it, a copy to rows costs
     // less than those reads (`m·k` copies against `m·k·n` multiply-adds). `Xᵀ·D` with X rows
@@ -720,36 +763,121 @@ fn product_on<S: simd::SimdF32>(
     };
     if parts == 1 {
         run(a, m, c);
-        return true;
+    } else {
+        // Blocks of whole rows, so that each thread's share of `c` is a slice of its own.
+        let mut blocks = Vec::with_capacity(parts);
+        let mut rest = &mut c[..(m - 1) * ldc + n];
+        for i in 0..parts {
+            let rows = i * m / parts..(i + 1) * m / parts;
+            let len = if i + 1 == parts {
+                rest.len()
+            } else {
+                rows.len() * ldc
+            };
+            let (block, tail) = std::mem::take(&mut rest).split_at_mut(len);
+            rest = tail;
+            let a_rows = match op_a {
+                Op::N => Mat {
+                    data: &a.data[rows.start * a.ld..],
+                    rows: rows.len(),
+                    ..a
+                },
+                Op::T => Mat {
+                    data: &a.data[rows.start..],
+                    cols: rows.len(),
+                    ..a
+                },
+            };
+            blocks.push((a_rows, rows.len(), block));
+        }
+        crate::workers::map(blocks, |(a, rows, block)| run(a, rows, block));
     }
-    // Blocks of whole rows, so that each thread's share of `c` is a slice of its own.
-    let mut blocks = Vec::with_capacity(parts);
-    let mut rest = &mut c[..(m - 1) * ldc + n];
-    for i in 0..parts {
-        let rows = i * m / parts..(i + 1) * m / parts;
-        let len = if i + 1 == parts {
-            rest.len()
-        } else {
-            rows.len() * ldc
-        };
-        let (block, tail) = std::mem::take(&mut rest).split_at_mut(len);
-        rest = tail;
-        let a_rows = match op_a {
-            Op::N => Mat {
-                data: &a.data[rows.start * a.ld..],
-                rows: rows.len(),
-                ..a
-            },
-            Op::T => Mat {
-                data: &a.data[rows.start..],
-                cols: rows.len(),
-                ..a
-            },
-        };
-        blocks.push((a_rows, rows.len(), block));
+    if let Some(column_sums) = column_sums {
+        keep_shared(shape, packed, column_sums);
     }
-    crate::workers::map(blocks, |(a, rows, block)| run(a, rows, block));
     true
+}
+
+/// How a right operand is read for packing: rows `ld` apart, transposed or not, `[k, n]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PackedShape {
+    ld: usize,
+    transposed: bool,
+    k: usize,
+    n: usize,
+}
+
+/// The operand of a [`share_packing`] scope, by address and byte length, and once a product
+/// has packed it: the shape it was read as, its panels and its column sums.
+struct SharedOperand {
+    at: (usize, usize),
+    packed: Option<(PackedShape, pool::Scratch<f32>, Vec<f32>)>,
+}
+
+thread_local! {
+    /// The innermost [`share_packing`] scope of this thread.
+    static SHARED: RefCell<Option<SharedOperand>> = const { RefCell::new(None) };
+}
+
+/// Address and byte length of a slice.
+fn address<T>(v: &[T]) -> (usize, usize) {
+    (v.as_ptr() as usize, std::mem::size_of_val(v))
+}
+
+/// Runs `f` with the `f32` products it issues on this thread whose right operand is exactly
+/// `b` (the same slice, read as the same shape) sharing one packing of it: the first product
+/// packs it and keeps the panels and column sums for the others. BPTT's kernel gradients
+/// `H_prevᵀ · dZ` and `Xᵀ · dZ` share `dZ` so. `b` stays borrowed for the whole of `f`, so it
+/// cannot change in between.
+pub(crate) fn share_packing<T, R>(b: &[T], f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<SharedOperand>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let outer = self.0.take();
+            // The scope's panels go back to the pool once the borrow has ended.
+            let _ended = SHARED.with(|s| std::mem::replace(&mut *s.borrow_mut(), outer));
+        }
+    }
+    let scope = SharedOperand {
+        at: address(b),
+        packed: None,
+    };
+    let _restore = Restore(SHARED.with(|s| s.borrow_mut().replace(scope)));
+    f()
+}
+
+/// What the current scope holds for `b` read as `shape`.
+enum Sharing {
+    /// `b` is not the scope's operand, or was packed as another shape.
+    Unshared,
+    /// `b` is the scope's operand, not packed yet.
+    Unpacked,
+    /// Its panels and column sums, taken out until [`keep_shared`] puts them back.
+    Packed(pool::Scratch<f32>, Vec<f32>),
+}
+
+/// See [`Sharing`].
+fn take_shared(b: &[f32], shape: PackedShape) -> Sharing {
+    SHARED.with(|s| match &mut *s.borrow_mut() {
+        Some(scope) if scope.at == address(b) => match scope.packed.take() {
+            None => Sharing::Unpacked,
+            Some((packed_as, packed, sums)) if packed_as == shape => Sharing::Packed(packed, sums),
+            other => {
+                scope.packed = other;
+                Sharing::Unshared
+            }
+        },
+        _ => Sharing::Unshared,
+    })
+}
+
+/// Keeps the panels and column sums of the current scope's operand for its later products.
+fn keep_shared(shape: PackedShape, packed: pool::Scratch<f32>, column_sums: Vec<f32>) {
+    SHARED.with(|s| {
+        if let Some(scope) = &mut *s.borrow_mut() {
+            scope.packed = Some((shape, packed, column_sums));
+        }
+    });
 }
 
 /// Output columns from which [`packed_product`] copies a transposed left operand to rows.
@@ -844,6 +972,21 @@ pub(crate) fn project_rows_backward<T: Real, I: Dim>(
 }
 
 /// `acc[j] += Σ_r d[r·ld + j]` (no-op when `acc` is empty).
+/// Asks the caches for every line of `v` ahead of a pass that reads it.
+#[inline(always)]
+pub(crate) fn prefetch_lines<T>(v: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    for k in (0..std::mem::size_of_val(v)).step_by(64) {
+        // SAFETY: a prefetch reads nothing architecturally and never faults; SSE is part of
+        // the x86_64 baseline.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                v.as_ptr().cast::<i8>().wrapping_add(k),
+            )
+        };
+    }
+}
+
 pub(crate) fn sum_rows_into<T: Real>(acc: &mut [T], d: &[T], ld: usize) {
     if acc.is_empty() {
         return;

@@ -1432,11 +1432,17 @@ impl<'a> Panels<'a> {
         } else {
             shares.for_each(pack_share);
         }
+        Self::packed(dst, k, n)
+    }
+
+    /// The panels [`Panels::pack`] wrote into `packed` for a `[k, n]` matrix.
+    pub(crate) fn packed(packed: &'a [f32], k: usize, n: usize) -> Self {
+        let (groups, len) = Self::layout(k, n);
         Self {
             k,
             n,
             groups,
-            weights: dst,
+            weights: &packed[..len],
         }
     }
 }

@@ -459,6 +459,26 @@ pub(crate) fn lstm_bwd<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
     );
 }
 
+/// How many batch rows ahead of the one they work on the backward gate loops prefetch their
+/// record and previous state. Those rows come from L3 or memory as a few short runs per row
+/// (one per gate block), which the hardware prefetchers do not pick up in time. Measured on
+/// one thread, LSTM T = 28, B = 64, I = 28, H = 128: BPTT alone 1.02–1.07x (the gate loops
+/// fell from about 13 % of its samples to 8 %), training end to end about 1.02x (its forward
+/// pass leaves the last steps' records in cache); one row ahead measured within noise of two,
+/// and prefetching the `d_proj` rows being written was slower.
+const GATE_PREFETCH_ROWS: usize = 2;
+
+/// Prefetches the units `u` of each of the `blocks` blocks of `h` values that start at
+/// `start` in `v` (nothing where they lie past its end).
+#[inline(always)]
+fn prefetch_units<T>(v: &[T], start: usize, blocks: usize, h: usize, u: &Range<usize>) {
+    for k in 0..blocks {
+        if let Some(run) = v.get(start + k * h + u.start..start + k * h + u.end) {
+            crate::cpu::prefetch_lines(run);
+        }
+    }
+}
+
 /// The gate half of an LSTM backward step for the hidden units `u`: their columns of every
 /// gate block of `d_proj`, their `dc_prev`, and zeros at them in `dh_prev` (which only the
 /// recurrent product feeds).
@@ -478,6 +498,9 @@ pub(crate) fn lstm_bwd_gates<T: Real, I: Dim, H: Dim>(
     let (dh_prev, dc_prev) = s.d_state.split_at_mut(bh);
     for b in 0..s.batch {
         let rows = b * h..(b + 1) * h;
+        let ahead = b + GATE_PREFETCH_ROWS;
+        prefetch_units(s.tape, ahead * 5 * h, 5, h, &u);
+        prefetch_units(c_prev, ahead * h, 1, h, &u);
         let (tape, dh, dc, cp) = (
             &s.tape[b * 5 * h..(b + 1) * 5 * h],
             &dh_next[rows.clone()],
@@ -705,6 +728,12 @@ pub(crate) fn gru_bwd_gates<T: Real, I: Dim, H: Dim>(
     // Offset `k·H` of a row, at the units.
     let at = |k: usize| k * h + u.start;
     for b in 0..s.batch {
+        let ahead = b + GATE_PREFETCH_ROWS;
+        prefetch_units(s.tape, ahead * tw, tw / h, h, &u);
+        match carry {
+            Some(c) => prefetch_units(c.h, ahead * h, 1, h, &u),
+            None => prefetch_units(s.state, ahead * h, 1, h, &u),
+        }
         let t = &s.tape[b * tw..(b + 1) * tw];
         let rows = b * h + u.start..b * h + u.end;
         let dh = &s.d_next[rows.clone()];

@@ -504,11 +504,14 @@ impl<T: Real, C: Cell<T> + ?Sized> Dir<'_, T, C> {
             }
         }
         if total > 0 {
-            self.cell
-                .sequence_backward(1, &prev_rows, &cell_tape[..total * tw], &d_proj, grads);
-            if p > 0 {
-                self.cell.project_backward(&xs, &d_proj, &mut dxs, grads);
-            }
+            crate::cpu::share_packing(&d_proj, || {
+                let tape = &cell_tape[..total * tw];
+                self.cell
+                    .sequence_backward(1, &prev_rows, tape, &d_proj, grads);
+                if p > 0 {
+                    self.cell.project_backward(&xs, &d_proj, &mut dxs, grads);
+                }
+            });
         }
         // Back to the caller's layout, through the input dropout mask.
         for s in 0..plan.t {

@@ -362,12 +362,15 @@ pub fn bptt_into<T: Real, C: Cell<T> + ?Sized>(
         }
     };
     grads.d_initial_state.copy_from_slice(&d_initial);
-    // The products over all T·B rows split across the spec's threads.
+    // The products over all T·B rows split across the spec's threads; those of both hooks
+    // whose right operand is `d_proj` pack it once.
     crate::cpu::gemm::with_threads(spec.threads, || {
-        cell.sequence_backward(d.b, states, cell_tape, &d_proj, &mut grads.params);
-        if d.p > 0 {
-            cell.project_backward(&xs, &d_proj, &mut dxs, &mut grads.params);
-        }
+        crate::cpu::share_packing(&d_proj, || {
+            cell.sequence_backward(d.b, states, cell_tape, &d_proj, &mut grads.params);
+            if d.p > 0 {
+                cell.project_backward(&xs, &d_proj, &mut dxs, &mut grads.params);
+            }
+        })
     });
     // Back from processing order to the caller's layout and direction.
     for t in 0..d.t {
