@@ -223,12 +223,12 @@ fn print_row(r: &Row<'_>, threads: usize, json: bool) {
     let (median, min, max) = r.times;
     let gflops = r.flops / median * 1e-9;
     if json {
-        println!(
+        emit(format_args!(
             "{{\"cell\":\"{}\",\"mode\":\"{}\",\"shape\":\"{}\",\"batch\":{},\"seq\":{},\"input\":{},\"hidden\":{},\"threads\":{threads},\"backend\":\"{}\",\"dtype\":\"{}\",\"median_s\":{median:.9},\"min_s\":{min:.9},\"max_s\":{max:.9},\"gflops\":{gflops:.3}}}",
             r.cell, r.mode, r.shape, r.b, r.t, r.i, r.h, r.backend, r.dtype
-        );
+        ));
     } else {
-        println!(
+        emit(format_args!(
             "{:<6} {:<5} {:<6} T={:<4} B={:<3} I={:<5} H={:<5} {:<7} {:<4} median {:>10.3} ms  min {:>10.3} ms  {:>7.1} GFLOP/s",
             r.cell,
             r.mode,
@@ -242,7 +242,20 @@ fn print_row(r: &Row<'_>, threads: usize, json: bool) {
             median * 1e3,
             min * 1e3,
             gflops
-        );
+        ));
+    }
+}
+
+/// Writes one line to standard output; a reader that has gone away (`bench ... | head`) ends
+/// the run quietly rather than with a panic.
+fn emit(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    if let Err(e) = writeln!(std::io::stdout().lock(), "{line}") {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("bench: writing the results: {e}");
+        std::process::exit(1);
     }
 }
 
