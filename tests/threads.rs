@@ -34,7 +34,15 @@ fn same_with_threads<C: Cell<f32>>(name: &str, cell: &C, split: &mut Splits) {
         (2, 64),
         (2, 70),
     ] {
-        if cell.row_parts(b, 2).is_some() {
+        // The engine splits rows only for runs with work for two threads, `T·B·P·(H + I)` of
+        // at least 2·2²¹ multiply-adds: where the cell answers row parts, a sequence long
+        // enough for that (up to 512 steps; cells too small for it run unsplit).
+        let (h, i) = (cell.hidden_size(), cell.input_size());
+        let per_step = b * cell.projection_width().max(h) * (h + i);
+        let t_split = (4usize << 20).div_ceil(per_step);
+        let by_rows = cell.row_parts(b, 2).is_some() && t_split <= 512;
+        let t = if by_rows { t.max(t_split) } else { t };
+        if by_rows {
             split.rows += 1;
         } else if cell.max_parts(b) > 1 {
             split.units += 1;
@@ -157,7 +165,8 @@ fn zero_threads_is_an_error() {
 /// rows and by units.
 fn bptt_same_with_threads<T: Real, C: Cell<T>>(name: &str, cell: &C) -> (usize, usize) {
     let (mut row_split, mut unit_split) = (0, 0);
-    // 32 rows of 64 inputs over 24 steps: the products are large enough to be split; 36 rows
+    // 32 rows of 64 inputs over 32 steps: the products are large enough to be split, and the
+    // steps too for the engine to split rows (SimpleRNN of 48 units included); 36 rows
     // split into parts of 16 and 20 (at the kernels' row blocks), 3 rows and 1 stay whole (one
     // row runs the state gradient's tiles in groups).
     for (b, layout, go_backwards, return_sequences, with_d_final) in [
@@ -166,7 +175,7 @@ fn bptt_same_with_threads<T: Real, C: Cell<T>>(name: &str, cell: &C) -> (usize, 
         (3, Layout::BatchMajor, false, true, true),
         (1, Layout::TimeMajor, false, true, true),
     ] {
-        let t = 24;
+        let t = 32;
         let spec = SeqSpec::new(t, b)
             .layout(layout)
             .go_backwards(go_backwards)
