@@ -698,15 +698,12 @@ fn product_on<S: simd::SimdF32>(
     let (mut packed, mut column_sums, fresh) = match take_shared(b.data, shape) {
         Sharing::Packed(packed, column_sums) => (packed, Some(column_sums), false),
         sharing => {
-            let column_sums = match sharing {
-                Sharing::Unpacked => match try_filled("b", n, 0.0) {
-                    Ok(v) => Some(v),
-                    Err(_) => return false,
-                },
-                _ => None,
-            };
+            let column_sums = matches!(sharing, Sharing::Unpacked).then(|| try_filled("b", n, 0.0));
             let layout = packed::Panels::layout(k, n).1;
-            let Ok(packed) = pool::Scratch::overwritten("b", layout, 0.0) else {
+            let (Ok(column_sums), Ok(packed)) = (
+                column_sums.transpose(),
+                pool::Scratch::overwritten("b", layout, 0.0),
+            ) else {
                 return false;
             };
             (packed, column_sums, true)
@@ -973,7 +970,6 @@ pub(crate) fn project_rows_backward<T: Real, I: Dim>(
     );
 }
 
-/// `acc[j] += Σ_r d[r·ld + j]` (no-op when `acc` is empty).
 /// Asks the caches for every line of `v` ahead of a pass that reads it.
 #[inline(always)]
 pub(crate) fn prefetch_lines<T>(v: &[T]) {
@@ -989,6 +985,7 @@ pub(crate) fn prefetch_lines<T>(v: &[T]) {
     }
 }
 
+/// `acc[j] += Σ_r d[r·ld + j]` (no-op when `acc` is empty).
 pub(crate) fn sum_rows_into<T: Real>(acc: &mut [T], d: &[T], ld: usize) {
     if acc.is_empty() {
         return;
