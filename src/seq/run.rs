@@ -169,7 +169,10 @@ fn run_forward<T: Real, C: Cell<T> + ?Sized>(
     } else {
         processing_order(spec, d, x)?
     };
-    // Cell::project_inputs overwrites every element.
+    // Cell::project_inputs overwrites every element. The whole projection runs before the
+    // steps, even where a step only streams its weights (B = 1): interleaving projection
+    // multiply-adds into such a step's loop, for the cores' idle FMA units, measured no
+    // overlap (a 4 MiB stream from L3 plus the projection's work took 0.96-0.98x their sum).
     let mut proj = Scratch::overwritten("projection", d.t * d.b * d.p, T::ZERO)?;
     if d.p > 0 {
         parallel::project(cell, spec.threads, d, &xs, &mut proj, training);
