@@ -630,8 +630,9 @@ pub(crate) fn project_rows_bf16(
 /// feature (which asks for the system's OpenBLAS), for an empty product, or when its packed
 /// operand cannot be allocated.
 ///
-/// `op(b)` is packed into panels once per call (`k·n` values, against `m·k·n` multiply-adds,
-/// the panels shared among the threads); `a` is read in place, transposed or not. The packing
+/// `op(b)` is packed into panels once per call, or once for all the products of a
+/// [`share_packing`] scope that read it (`k·n` values, against `m·k·n` multiply-adds, the
+/// panels shared among the threads); `a` is read in place, transposed or not. The packing
 /// also adds the column sums of `op(b)` to `sums` (empty: none; see [`packed::Panels::pack`]).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn packed_product(
