@@ -272,6 +272,20 @@ class RustPeerSide:
 
 
 # ------------------------------------------------------------------------------ machine
+def cache_per_core(level):
+    """The size of one cache of `level` (sysfs, e.g. "1024K"), or None where sysfs does not say."""
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        for idx in sorted(os.listdir(base)):
+            d = os.path.join(base, idx)
+            if open(os.path.join(d, "level")).read().strip() == str(level) and \
+                    open(os.path.join(d, "type")).read().strip() in ("Unified", "Data"):
+                return open(os.path.join(d, "size")).read().strip()
+    except OSError:
+        pass
+    return None
+
+
 def machine_info(args):
     lscpu = {}
     for line in sh("LC_ALL=C lscpu").splitlines():
@@ -313,6 +327,7 @@ def machine_info(args):
         "sockets": lscpu.get("Socket(s)"),
         "hypervisor": lscpu.get("Hypervisor vendor", "none reported"),
         "l2": lscpu.get("L2 cache"),
+        "l2_each": cache_per_core(2),
         "l3": lscpu.get("L3 cache"),
         "flags": {f: (f in flags) for f in wanted},
         "nproc": sh("nproc"),
@@ -674,8 +689,10 @@ def report(res, json_path, args):
     w("| | |")
     w("|---|---|")
     w(f"| CPU | {m['cpu_model']} ({m['hypervisor']} guest) |")
+    # lscpu gives the sum over all instances; the size of each is what a core's share must fit.
+    l2 = f"L2 {m['l2']}" + (f", {m['l2_each']} each" if m.get("l2_each") else "")
     w(f"| cores | {m['cpus']} CPUs: {m['sockets']} socket × {m['cores_per_socket']} cores × "
-      f"{m['threads_per_core']} thread(s); `nproc` = {m['nproc']}; L2 {m['l2']}, L3 {m['l3']} |")
+      f"{m['threads_per_core']} thread(s); `nproc` = {m['nproc']}; {l2}, L3 {m['l3']} |")
     w(f"| ISA flags | {fl} |")
     w(f"| memory | {m['mem_gib']} GiB |")
     w(f"| OS | {m['os']}, Linux {m['kernel']} |")
