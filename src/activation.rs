@@ -57,7 +57,7 @@ impl Activation {
     }
 
     /// `f(a)`.
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     pub fn apply<T: Real>(self, a: T) -> T {
         match self {
             Activation::Tanh => a.tanh(),
@@ -86,7 +86,7 @@ impl Activation {
     }
 
     /// `f'(a)` written as a function of the output `y = f(a)`.
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     pub fn derivative_from_output<T: Real>(self, y: T) -> T {
         match self {
             Activation::Tanh => T::ONE - y * y,

@@ -24,7 +24,7 @@ pub struct Const<const N: usize>;
 pub struct Dyn(pub usize);
 
 impl<const N: usize> Dim for Const<N> {
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn value(self) -> usize {
         N
     }
@@ -34,7 +34,7 @@ impl<const N: usize> Dim for Const<N> {
 }
 
 impl Dim for Dyn {
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn value(self) -> usize {
         self.0
     }

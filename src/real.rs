@@ -182,23 +182,23 @@ macro_rules! impl_real {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
             const NAME: &'static str = $name;
-            #[inline(always)]
+            #[cfg_attr(not(unoptimized), inline(always))]
             fn from_f64(v: f64) -> Self {
                 v as $t
             }
-            #[inline(always)]
+            #[cfg_attr(not(unoptimized), inline(always))]
             fn to_f64(self) -> f64 {
                 self as f64
             }
-            #[inline(always)]
+            #[cfg_attr(not(unoptimized), inline(always))]
             fn exp(self) -> Self {
                 <$t>::exp(self)
             }
-            #[inline(always)]
+            #[cfg_attr(not(unoptimized), inline(always))]
             fn tanh(self) -> Self {
                 <$t>::tanh(self)
             }
-            #[inline(always)]
+            #[cfg_attr(not(unoptimized), inline(always))]
             fn is_nan(self) -> bool {
                 <$t>::is_nan(self)
             }

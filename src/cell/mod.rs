@@ -104,7 +104,7 @@ pub struct StepForward<'a, T> {
 }
 
 /// Row `b` of a step's `x` or `proj` ([`StepForward::row_stride`] rows apart), `width` values.
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 pub(crate) fn step_row<T>(rows: &[T], b: usize, width: usize, row_stride: usize) -> &[T] {
     &rows[b * row_stride * width..][..width]
 }

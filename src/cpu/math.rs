@@ -29,7 +29,7 @@ const TANH_ONE: f32 = 10.0;
 const SIGMOID_ONE: f32 = 20.0;
 
 /// `(n, r)` with `x = n·ln 2 + r`, `n` integer-valued and `|r| ≤ ln2/2` (for `|n| ≤ 128`).
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 fn reduce_ln2<S: SimdF32>(s: S, x: S::V) -> (S::V, S::V) {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     // ln 2 split so that n·LN2_HI is exact for |n| ≤ 128 (Cody and Waite).
@@ -42,7 +42,7 @@ fn reduce_ln2<S: SimdF32>(s: S, x: S::V) -> (S::V, S::V) {
 
 /// `(e^r − 1 − r) / r²` on `|r| ≤ ln2/2`, by its Taylor series to degree 5 (the truncation
 /// is below 2·10⁻⁸ of `e^r − 1`).
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 fn expm1_tail<S: SimdF32>(s: S, r: S::V) -> S::V {
     let mut p = s.splat(1.0 / 5040.0);
     for c in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5] {
@@ -54,7 +54,7 @@ fn expm1_tail<S: SimdF32>(s: S, r: S::V) -> S::V {
 /// `e^x`. The cells' activations use its pieces ([`reduce_ln2`], [`exp_in_range`]) with
 /// their own range handling; the whole function is the documented, tested vector `exp`.
 #[cfg_attr(not(test), allow(dead_code))]
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 pub(crate) fn exp<S: SimdF32>(s: S, x: S::V) -> S::V {
     let xc = s.min(s.max(x, s.splat(EXP_FLUSH - 1.0)), s.splat(EXP_OVERFLOW));
     let y = exp_in_range(s, xc);
@@ -65,7 +65,7 @@ pub(crate) fn exp<S: SimdF32>(s: S, x: S::V) -> S::V {
 
 /// `e^x` for `x` whose `n` (see [`reduce_ln2`]) keeps `2ⁿ` a normal float: −126 ≤ n ≤ 127.
 /// Anything else gives an unspecified value, which callers select away.
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 fn exp_in_range<S: SimdF32>(s: S, x: S::V) -> S::V {
     let (n, r) = reduce_ln2(s, x);
     // e^r = 1 + r·(1 + r·tail): the Taylor series to degree 7 (truncation below 6·10⁻⁹).
@@ -78,7 +78,7 @@ fn exp_in_range<S: SimdF32>(s: S, x: S::V) -> S::V {
 }
 
 /// `1 / (1 + e^-x)`.
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 pub(crate) fn sigmoid<S: SimdF32>(s: S, x: S::V) -> S::V {
     // From x = SIGMOID_ONE up the result is 1; clamping there keeps 2ⁿ in range. Below
     // EXP_FLUSH the value computed is unspecified and replaced. NaN passes through `max`.
@@ -90,7 +90,7 @@ pub(crate) fn sigmoid<S: SimdF32>(s: S, x: S::V) -> S::V {
 }
 
 /// `tanh(x)`.
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 pub(crate) fn tanh<S: SimdF32>(s: S, x: S::V) -> S::V {
     // tanh|x| = q / (q + 2) with q = e^{2|x|} − 1 = 2ⁿ·(e^r − 1) + (2ⁿ − 1): e^r − 1 comes from
     // a series without its constant term and 2ⁿ − 1 is exact, so small |x| (n = 0) keeps full
@@ -105,14 +105,14 @@ pub(crate) fn tanh<S: SimdF32>(s: S, x: S::V) -> S::V {
 }
 
 /// Keras 3's `hard_sigmoid`: `clamp(x + 3, 0, 6) / 6`; NaN propagates.
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 pub(crate) fn hard_sigmoid<S: SimdF32>(s: S, x: S::V) -> S::V {
     let t = s.min(s.max(s.add(x, s.splat(3.0)), s.splat(0.0)), s.splat(6.0));
     s.div(t, s.splat(6.0))
 }
 
 /// `max(x, 0)`; NaN propagates.
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 pub(crate) fn relu<S: SimdF32>(s: S, x: S::V) -> S::V {
     s.max(x, s.splat(0.0))
 }

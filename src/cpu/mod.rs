@@ -297,7 +297,7 @@ pub struct Carry<'a, T> {
 
 impl<T: Real, I: Dim, H: Dim> Job<'_, T, I, H> {
     /// Runs the job with `ops`.
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     pub(crate) fn run<O: RowOps<T>>(self, ops: O) {
         match self {
             Job::Project {
@@ -497,7 +497,7 @@ fn split_rows<P: PartialEq>(
 /// Runs `job` on the packed, register-fused kernels when they apply (an input projection with
 /// packed weights; a forward step, GRU reset-after only, where [`fuses`] says so); otherwise
 /// hands it back.
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 fn run_packed<'a, S: simd::SimdF32, I: Dim, H: Dim>(
     s: S,
     job: Job<'a, f32, I, H>,
@@ -513,7 +513,7 @@ fn run_packed<'a, S: simd::SimdF32, I: Dim, H: Dim>(
             ..
         } => {
             s.vectorize(
-                #[inline(always)]
+                #[cfg_attr(not(unoptimized), inline(always))]
                 || packed::project(s, pp, x, proj),
             );
             return None;
@@ -527,12 +527,12 @@ fn run_packed<'a, S: simd::SimdF32, I: Dim, H: Dim>(
     let step = PackedStep::new(st, w.hidden.value(), p.tiles());
     if w.bf16_inference && step.tape.is_empty() {
         s.vectorize(
-            #[inline(always)]
+            #[cfg_attr(not(unoptimized), inline(always))]
             || packed::step_fwd(s, kind, p, p.weights_bf16(), step),
         );
     } else {
         s.vectorize(
-            #[inline(always)]
+            #[cfg_attr(not(unoptimized), inline(always))]
             || packed::step_fwd(s, kind, p, p.weights(), step),
         );
     }
@@ -757,7 +757,7 @@ fn product_on<S: simd::SimdF32>(
             },
         };
         s.vectorize(
-            #[inline(always)]
+            #[cfg_attr(not(unoptimized), inline(always))]
             || packed::product(s, left, rows, &panels, accumulate, c, ldc),
         );
     };
@@ -972,7 +972,7 @@ pub(crate) fn project_rows_backward<T: Real, I: Dim>(
 }
 
 /// Asks the caches for every line of `v` ahead of a pass that reads it.
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 pub(crate) fn prefetch_lines<T>(v: &[T]) {
     #[cfg(target_arch = "x86_64")]
     for k in (0..std::mem::size_of_val(v)).step_by(64) {
@@ -999,7 +999,7 @@ pub(crate) fn sum_rows_into<T: Real>(acc: &mut [T], d: &[T], ld: usize) {
 }
 
 /// Fills `out` with `bias`, or zeros when `bias` is empty.
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 pub(crate) fn init_with_bias<T: Real>(out: &mut [T], bias: &[T]) {
     if bias.is_empty() {
         out.fill(T::ZERO);

@@ -27,7 +27,7 @@ pub trait RowOps<T: Real>: Copy {
     /// rows `G·H` apart, `dh` rows `H` apart) on kernels of this backend's own, returning
     /// `false` when it has none (the caller then runs the product). `step` is the backward
     /// step's [`crate::cell::StepBackward::step`].
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn recurrent_grad<I: Dim, H: Dim>(
         self,
         _w: &RecurrentWeights<T, I, H>,
@@ -43,7 +43,7 @@ pub trait RowOps<T: Real>: Copy {
     /// gate `g`, unit `j` in `units` and row `b < batch` (`h` rows `H` apart, `out` rows `ldo`
     /// apart) on kernels of this backend's own, returning `false` when it has none or `units`
     /// are not whole tiles of [`packed::TILE_UNITS`] (the caller then runs the product).
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn recurrent_product<I: Dim, H: Dim>(
         self,
         _w: &RecurrentWeights<T, I, H>,
@@ -58,7 +58,7 @@ pub trait RowOps<T: Real>: Copy {
 }
 
 /// Checks that `w` holds `rows` rows of `n` columns, `ld` apart.
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 fn check_matrix<T>(w: &[T], rows: usize, n: usize, ld: usize) {
     assert!(
         rows == 0 || n == 0 || (rows - 1) * ld + n <= w.len(),
@@ -72,7 +72,7 @@ fn check_matrix<T>(w: &[T], rows: usize, n: usize, ld: usize) {
 pub struct ScalarOps;
 
 impl<T: Real> RowOps<T> for ScalarOps {
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn gemv_acc<K: Dim>(self, rows: K, v: &[T], w: &[T], ld: usize, out: &mut [T]) {
         let n = out.len();
         for (k, &vk) in v[..rows.value()].iter().enumerate() {
@@ -81,7 +81,7 @@ impl<T: Real> RowOps<T> for ScalarOps {
             }
         }
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn gemv_t_acc<K: Dim>(self, rows: K, d: &[T], w: &[T], ld: usize, out: &mut [T]) {
         let n = d.len();
         for (k, o) in out[..rows.value()].iter_mut().enumerate() {
@@ -92,7 +92,7 @@ impl<T: Real> RowOps<T> for ScalarOps {
             *o += acc;
         }
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn ger_acc<K: Dim>(self, rows: K, v: &[T], d: &[T], w: &mut [T], ld: usize) {
         let n = d.len();
         for (k, &vk) in v[..rows.value()].iter().enumerate() {
@@ -101,7 +101,7 @@ impl<T: Real> RowOps<T> for ScalarOps {
             }
         }
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn activate(self, act: Activation, x: &mut [T]) {
         for v in x {
             *v = act.apply(*v);
@@ -119,34 +119,34 @@ const TILE: usize = 4;
 const ROW_BLOCK: usize = 8;
 
 impl<S: SimdF32> RowOps<f32> for SimdOps<S> {
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn gemv_acc<K: Dim>(self, rows: K, v: &[f32], w: &[f32], ld: usize, out: &mut [f32]) {
         let s = self.0;
         s.vectorize(
-            #[inline(always)]
+            #[cfg_attr(not(unoptimized), inline(always))]
             || simd_gemv_acc(s, rows, v, w, ld, out),
         )
     }
 
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn gemv_t_acc<K: Dim>(self, rows: K, d: &[f32], w: &[f32], ld: usize, out: &mut [f32]) {
         let s = self.0;
         s.vectorize(
-            #[inline(always)]
+            #[cfg_attr(not(unoptimized), inline(always))]
             || simd_gemv_t_acc(s, rows, d, w, ld, out),
         )
     }
 
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn ger_acc<K: Dim>(self, rows: K, v: &[f32], d: &[f32], w: &mut [f32], ld: usize) {
         let s = self.0;
         s.vectorize(
-            #[inline(always)]
+            #[cfg_attr(not(unoptimized), inline(always))]
             || simd_ger_acc(s, rows, v, d, w, ld),
         )
     }
 
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn recurrent_product<I: Dim, H: Dim>(
         self,
         w: &RecurrentWeights<f32, I, H>,
@@ -166,13 +166,13 @@ impl<S: SimdF32> RowOps<f32> for SimdOps<S> {
         let s = self.0;
         let (p, tiles) = (w.packed(), units.start / tile..units.end.div_ceil(tile));
         s.vectorize(
-            #[inline(always)]
+            #[cfg_attr(not(unoptimized), inline(always))]
             || packed::recurrent_rows(s, p, batch, h, tiles, out, ldo),
         );
         true
     }
 
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn recurrent_grad<I: Dim, H: Dim>(
         self,
         w: &RecurrentWeights<f32, I, H>,
@@ -185,40 +185,40 @@ impl<S: SimdF32> RowOps<f32> for SimdOps<S> {
         let s = self.0;
         let p = w.packed();
         s.vectorize(
-            #[inline(always)]
+            #[cfg_attr(not(unoptimized), inline(always))]
             || packed::recurrent_grad(s, p, batch, d, dh, units, step % 2 == 1),
         );
         true
     }
 
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn activate(self, act: Activation, x: &mut [f32]) {
         let s = self.0;
         s.vectorize(
-            #[inline(always)]
+            #[cfg_attr(not(unoptimized), inline(always))]
             || match act {
                 Activation::Tanh => map(
                     s,
                     x,
-                    #[inline(always)]
+                    #[cfg_attr(not(unoptimized), inline(always))]
                     |s, v| math::tanh(s, v),
                 ),
                 Activation::Sigmoid => map(
                     s,
                     x,
-                    #[inline(always)]
+                    #[cfg_attr(not(unoptimized), inline(always))]
                     |s, v| math::sigmoid(s, v),
                 ),
                 Activation::Relu => map(
                     s,
                     x,
-                    #[inline(always)]
+                    #[cfg_attr(not(unoptimized), inline(always))]
                     |s, v| math::relu(s, v),
                 ),
                 Activation::HardSigmoid => map(
                     s,
                     x,
-                    #[inline(always)]
+                    #[cfg_attr(not(unoptimized), inline(always))]
                     |s, v| math::hard_sigmoid(s, v),
                 ),
                 Activation::Linear => {}
@@ -227,7 +227,7 @@ impl<S: SimdF32> RowOps<f32> for SimdOps<S> {
     }
 }
 
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 fn simd_gemv_acc<S: SimdF32, K: Dim>(
     s: S,
     rows: K,
@@ -291,7 +291,7 @@ fn simd_gemv_acc<S: SimdF32, K: Dim>(
     }
 }
 
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 fn simd_gemv_t_acc<S: SimdF32, K: Dim>(
     s: S,
     rows: K,
@@ -340,7 +340,7 @@ fn simd_gemv_t_acc<S: SimdF32, K: Dim>(
     }
 }
 
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 fn simd_ger_acc<S: SimdF32, K: Dim>(s: S, rows: K, v: &[f32], d: &[f32], w: &mut [f32], ld: usize) {
     let (l, n, rows) = (S::LANES, d.len(), rows.value());
     check_matrix(w, rows, n, ld);
@@ -364,7 +364,7 @@ fn simd_ger_acc<S: SimdF32, K: Dim>(s: S, rows: K, v: &[f32], d: &[f32], w: &mut
 
 /// `x[j] = f(x[j])`, a register at a time; the tail goes through a zero-padded register so
 /// every element sees the same arithmetic.
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 fn map<S: SimdF32>(s: S, x: &mut [f32], f: impl Fn(S, S::V) -> S::V) {
     let l = S::LANES;
     let mut chunks = x.chunks_exact_mut(l);

@@ -67,7 +67,7 @@ pub(crate) trait PanelElem: Copy {
     /// one tile for `R` batch rows, `panel` holding exactly that tile; every row of `h_prev`
     /// has the panel's reduction length. With `prefetch`, the pass asks for the panel
     /// [`PREFETCH_BYTES`] ahead of where it reads (see [`streams_from_memory`]).
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn accumulate<S: SimdF32, const G: usize, const R: usize>(
         s: S,
         panel: &[Self],
@@ -93,7 +93,7 @@ pub(crate) trait PanelElem: Copy {
 
     /// Whether one-row passes on an ISA of `lanes` lanes for `gates` gates serve
     /// [`TILE_GROUP`] tiles at once ([`PanelElem::accumulate_tiles`]).
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn groups_tiles(lanes: usize, gates: usize) -> bool {
         // SimpleRNN on AVX-512: three tiles of eight accumulators, 24 of the 32 registers
         // (B = 1, `benches/ab.py`, H = 64, 256, 512: `f32` 1.05x, 1.09x, 1.10x; bfloat16
@@ -106,7 +106,7 @@ pub(crate) trait PanelElem: Copy {
     /// [`PanelElem::accumulate`] for one batch row over the `NT` tiles of `panels` at once,
     /// `acc[t]` the accumulators of tile `t`, each summed in exactly the order of a pass over
     /// its tile alone (so results do not depend on how tiles are grouped).
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn accumulate_tiles<S: SimdF32, const G: usize, const NT: usize>(
         s: S,
         panels: [&[Self]; NT],
@@ -145,7 +145,7 @@ impl PanelElem for f32 {
         }
     }
 
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn pass<S: SimdF32, const G: usize, const R: usize, const PF: bool>(
         s: S,
         panel: &[f32],
@@ -162,14 +162,14 @@ impl PanelElem for f32 {
             acc,
             // SAFETY: k < len, every row of `h_prev` holds `len` values and the panel at least
             // `len` reduction rows (asserted above).
-            #[inline(always)]
+            #[cfg_attr(not(unoptimized), inline(always))]
             |k, a| unsafe { fma_row::<S, G, R, PF>(s, panel, k, &h_prev, a) },
-            #[inline(always)]
+            #[cfg_attr(not(unoptimized), inline(always))]
             |a, set| add_set(s, a, set),
         );
     }
 
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn pass_tiles<S: SimdF32, const G: usize, const NT: usize, const PF: bool>(
         s: S,
         panels: [&[f32]; NT],
@@ -187,7 +187,7 @@ impl PanelElem for f32 {
             independent_sets(G * TILE_UNITS / S::LANES),
             [[[s.splat16(0.0); G]; 1]; NT],
             acc,
-            #[inline(always)]
+            #[cfg_attr(not(unoptimized), inline(always))]
             |k, a| {
                 for (panel, a) in panels.iter().zip(a) {
                     // SAFETY: k < len = h_prev.len(), and every panel holds at least `len`
@@ -195,7 +195,7 @@ impl PanelElem for f32 {
                     unsafe { fma_row::<S, G, 1, PF>(s, panel, k, &h, a) };
                 }
             },
-            #[inline(always)]
+            #[cfg_attr(not(unoptimized), inline(always))]
             |a, set| add_tile_sets(s, a, set),
         );
     }
@@ -205,7 +205,7 @@ impl PanelElem for f32 {
 /// accumulators `a`. With `split` > 1 (2, 4 or 8), row `k` goes to set `k mod split` (the
 /// rows past the last whole round to set 0), sets starting at `zero` and added into `acc`
 /// in order at the end by `add`: `split` independent chains per accumulator.
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 fn reduce_in_sets<A: Copy>(
     len: usize,
     split: usize,
@@ -254,7 +254,7 @@ const fn independent_sets(chains: usize) -> usize {
 /// The panel holds at least `(k + 1)·G·16` values and every row of `h` at least `k + 1`. The
 /// hot loops of the step kernels run through here once per reduction row, so the bounds are
 /// the caller's, checked once per panel rather than per row.
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 unsafe fn fma_row<S: SimdF32, const G: usize, const R: usize, const PF: bool>(
     s: S,
     panel: &[f32],
@@ -278,7 +278,7 @@ unsafe fn fma_row<S: SimdF32, const G: usize, const R: usize, const PF: bool>(
 ///
 /// # Safety
 /// `row` points to `G·16` readable values.
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 unsafe fn fma_broadcasts<S: SimdF32, const G: usize, const R: usize>(
     s: S,
     row: *const f32,
@@ -301,7 +301,7 @@ unsafe fn fma_broadcasts<S: SimdF32, const G: usize, const R: usize>(
 ///
 /// # Safety
 /// The panel holds at least `(k + 1)·G·16` values and `cols` at least `k·ld + R`.
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 unsafe fn fma_column<S: SimdF32, const G: usize, const R: usize>(
     s: S,
     panel: &[f32],
@@ -336,7 +336,7 @@ fn streams_from_memory(bytes: usize) -> bool {
 }
 
 /// Prefetches the cache lines of the `len` bytes [`PREFETCH_BYTES`] past `row`.
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 fn prefetch_row<S: SimdF32>(s: S, row: *const u8, len: usize) {
     // Past the panel's end the hint is merely wasted, so the address may run past it.
     for line in (0..len).step_by(64) {
@@ -345,7 +345,7 @@ fn prefetch_row<S: SimdF32>(s: S, row: *const u8, len: usize) {
 }
 
 /// `acc[t] += set[t]` for every tile `t` of a grouped pass.
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 fn add_tile_sets<S: SimdF32, const G: usize, const NT: usize>(
     s: S,
     acc: &mut [[[S::X16; G]; 1]; NT],
@@ -357,7 +357,7 @@ fn add_tile_sets<S: SimdF32, const G: usize, const NT: usize>(
 }
 
 /// `acc += set`.
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 fn add_set<S: SimdF32, const G: usize, const R: usize>(
     s: S,
     acc: &mut [[S::X16; G]; R],
@@ -384,7 +384,7 @@ impl PanelElem for u16 {
         }
     }
 
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn pass<S: SimdF32, const G: usize, const R: usize, const PF: bool>(
         s: S,
         panel: &[u16],
@@ -417,17 +417,17 @@ impl PanelElem for u16 {
             [[s.splat16(0.0); G]; R],
             acc,
             // SAFETY: m < pairs and the panel holds `pairs` pairs (asserted above).
-            #[inline(always)]
+            #[cfg_attr(not(unoptimized), inline(always))]
             |m, padded, a, b| {
                 let h = if padded { tail() } else { pair(m) };
                 unsafe { fma_pair::<S, G, R, PF>(s, panel, m, h, a, b) }
             },
-            #[inline(always)]
+            #[cfg_attr(not(unoptimized), inline(always))]
             |a, set| add_set(s, a, set),
         );
     }
 
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn pass_tiles<S: SimdF32, const G: usize, const NT: usize, const PF: bool>(
         s: S,
         panels: [&[u16]; NT],
@@ -445,7 +445,7 @@ impl PanelElem for u16 {
             independent_sets(G * TILE_UNITS / S::LANES),
             [[[s.splat16(0.0); G]; 1]; NT],
             acc,
-            #[inline(always)]
+            #[cfg_attr(not(unoptimized), inline(always))]
             |m, padded, a, mut b| {
                 // SAFETY: m < len / 2 unless padded, so 2m + 1 < len.
                 let h = unsafe {
@@ -464,7 +464,7 @@ impl PanelElem for u16 {
                     unsafe { fma_pair::<S, G, 1, PF>(s, panel, m, h, a, b) };
                 }
             },
-            #[inline(always)]
+            #[cfg_attr(not(unoptimized), inline(always))]
             |a, set| add_tile_sets(s, a, set),
         );
     }
@@ -475,7 +475,7 @@ impl PanelElem for u16 {
 /// when given (`padded`: the last, zero-padded pair of an odd `len`). With `split` > 1 the two
 /// rows of a pair go to two sets, pair `m` to the sets of number `m mod (split / 2)` (the
 /// remaining pairs continuing the alternation).
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 fn reduce_pairs_in_sets<A: Copy>(
     len: usize,
     split: usize,
@@ -518,7 +518,7 @@ fn reduce_pairs_in_sets<A: Copy>(
 ///
 /// # Safety
 /// The panel holds at least `(m + 1)·G·32` values (see [`fma_row`] for why unchecked).
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 unsafe fn fma_pair<S: SimdF32, const G: usize, const R: usize, const PF: bool>(
     s: S,
     panel: &[u16],
@@ -680,7 +680,7 @@ impl PackedRecurrent {
 }
 
 /// `f(x)` on a register.
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 fn activate<S: SimdF32>(s: S, act: Activation, x: S::V) -> S::V {
     match act {
         Activation::Tanh => math::tanh(s, x),
@@ -700,7 +700,7 @@ struct Lanes {
 }
 
 impl Lanes {
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn load<S: SimdF32>(&self, s: S, row: &[f32], v: usize) -> S::V {
         let (at, l) = (self.u0 + v * S::LANES, S::LANES);
         if self.n == TILE_UNITS {
@@ -711,7 +711,7 @@ impl Lanes {
         buf[..take].copy_from_slice(&row[at..at + take]);
         s.load(&buf[..l])
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn store<S: SimdF32>(&self, s: S, row: &mut [f32], v: usize, x: S::V) {
         let (at, l) = (self.u0 + v * S::LANES, S::LANES);
         if self.n == TILE_UNITS {
@@ -734,7 +734,7 @@ pub(crate) enum Fused<'a> {
 }
 
 /// One forward step of `kind` over the step's tiles.
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 pub(crate) fn step_fwd<S: SimdF32, E: PanelElem>(
     s: S,
     kind: Fused<'_>,
@@ -792,7 +792,7 @@ impl<'a> PackedStep<'a> {
 
 /// Gate accumulators of one tile for `R` batch rows: `acc[r][g][v] = bias + h_prev[r] · U`
 /// over the tile's units, `v` counting registers of the 16 units.
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 fn accumulate<S: SimdF32, E: PanelElem, const G: usize, const R: usize>(
     s: S,
     p: &PackedRecurrent,
@@ -807,7 +807,7 @@ fn accumulate<S: SimdF32, E: PanelElem, const G: usize, const R: usize>(
 }
 
 /// The recurrent bias of a tile's units as gate accumulators.
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 fn bias_row<S: SimdF32, const G: usize>(s: S, p: &PackedRecurrent, tile: usize) -> [S::X16; G] {
     let bias = &p.bias[tile * G * TILE_UNITS..(tile + 1) * G * TILE_UNITS];
     let mut row = [s.splat16(0.0); G];
@@ -820,14 +820,14 @@ fn bias_row<S: SimdF32, const G: usize>(s: S, p: &PackedRecurrent, tile: usize) 
 }
 
 /// A tile's panel of packed weights.
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 fn panel<'w, E>(p: &PackedRecurrent, weights: &'w [E], tile: usize) -> &'w [E] {
     let per_tile = weights.len() / p.tiles();
     &weights[tile * per_tile..(tile + 1) * per_tile]
 }
 
 /// The units of a tile (the last one possibly short at `H`).
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 fn tile_lanes(hidden: usize, tile: usize) -> Lanes {
     Lanes {
         u0: tile * TILE_UNITS,
@@ -843,7 +843,7 @@ fn tile_lanes(hidden: usize, tile: usize) -> Lanes {
 /// them in reverse, so that it starts on the panels the step before read last, which a cache
 /// too small for all of them still holds (B = 1, `benches/ab.py`: H = 256 LSTM 1.17x, H = 512
 /// 1.05–1.09x).
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 fn sweep<S: SimdF32, E: PanelElem, const G: usize>(
     s: S,
     p: &PackedRecurrent,
@@ -929,7 +929,7 @@ fn sweep<S: SimdF32, E: PanelElem, const G: usize>(
 /// ([`PanelElem::accumulate_tiles`]): one row's pass over one tile is a chain of dependent
 /// steps (reduction, sum of the sets, activation) that the core overlaps poorly with the next
 /// tile's, while tiles interleaved in one pass keep that much more independent work in flight.
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 fn grouped<S: SimdF32, E: PanelElem, const G: usize>(
     s: S,
     p: &PackedRecurrent,
@@ -979,7 +979,7 @@ enum Group<const NT: usize> {
 }
 
 /// The tiles of `order`, `NT` at a time.
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 fn groups<const NT: usize>(
     mut order: impl Iterator<Item = usize>,
 ) -> impl Iterator<Item = Group<NT>> {
@@ -1003,7 +1003,7 @@ fn groups<const NT: usize>(
 }
 
 /// `tiles` first to last, or last to first with `reverse`.
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 fn sweep_order(tiles: std::ops::Range<usize>, reverse: bool) -> impl Iterator<Item = usize> {
     (0..tiles.len()).map(move |i| {
         if reverse {
@@ -1016,7 +1016,7 @@ fn sweep_order(tiles: std::ops::Range<usize>, reverse: bool) -> impl Iterator<It
 
 /// One pass of [`sweep`] over a tile for the `R` rows from `b0`; returns `R`.
 #[allow(clippy::too_many_arguments)]
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 fn rows<S: SimdF32, E: PanelElem, const G: usize, const R: usize>(
     s: S,
     p: &PackedRecurrent,
@@ -1047,7 +1047,7 @@ fn rows<S: SimdF32, E: PanelElem, const G: usize, const R: usize>(
 }
 
 /// LSTM forward over the step's tiles (see [`crate::cell::lstm`] for the maths and the record).
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 fn lstm_fwd<S: SimdF32, E: PanelElem>(
     s: S,
     kind: &LstmKind,
@@ -1062,7 +1062,7 @@ fn lstm_fwd<S: SimdF32, E: PanelElem>(
         p,
         weights,
         &mut st,
-        #[inline(always)]
+        #[cfg_attr(not(unoptimized), inline(always))]
         |st, b, lanes, v, acc| {
             let (px, rows) = (
                 step_row(st.proj, b, 4 * h, st.row_stride),
@@ -1089,7 +1089,7 @@ fn lstm_fwd<S: SimdF32, E: PanelElem>(
 }
 
 /// Reset-after GRU forward over the step's tiles.
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 fn gru_fwd<S: SimdF32, E: PanelElem>(
     s: S,
     kind: &GruKind,
@@ -1105,7 +1105,7 @@ fn gru_fwd<S: SimdF32, E: PanelElem>(
         p,
         weights,
         &mut st,
-        #[inline(always)]
+        #[cfg_attr(not(unoptimized), inline(always))]
         |st, b, lanes, v, acc| {
             let (px, rows) = (
                 step_row(st.proj, b, 3 * h, st.row_stride),
@@ -1128,7 +1128,7 @@ fn gru_fwd<S: SimdF32, E: PanelElem>(
 }
 
 /// SimpleRNN forward over the step's tiles.
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 fn simple_rnn_fwd<S: SimdF32, E: PanelElem>(
     s: S,
     kind: &SimpleRnnKind,
@@ -1142,7 +1142,7 @@ fn simple_rnn_fwd<S: SimdF32, E: PanelElem>(
         p,
         weights,
         &mut st,
-        #[inline(always)]
+        #[cfg_attr(not(unoptimized), inline(always))]
         |st, b, lanes, v, acc| {
             let (px, rows) = (step_row(st.proj, b, h, st.row_stride), b * h..(b + 1) * h);
             let pre = s.add(acc[0][v], lanes.load(s, px, v));
@@ -1165,7 +1165,7 @@ fn simple_rnn_fwd<S: SimdF32, E: PanelElem>(
 /// reduction: tiles of 16 state units outer, row blocks inner, as in the forward step, and
 /// with `reverse` (odd steps) swept last tile to first as [`sweep`] does (B = 1 training,
 /// `benches/ab.py`: SimpleRNN H = 512 1.10x, LSTM H = 256 1.03x, the rest within noise).
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 pub(crate) fn recurrent_grad<S: SimdF32>(
     s: S,
     p: &PackedRecurrent,
@@ -1230,7 +1230,7 @@ pub(crate) fn grad_row_block(lanes: usize) -> usize {
 
 /// One pass of [`recurrent_grad`] over a tile for the `R` rows from `b0`; returns `R`.
 #[allow(clippy::too_many_arguments)]
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 fn grad_rows<S: SimdF32, const R: usize>(
     s: S,
     panel: &[f32],
@@ -1257,7 +1257,7 @@ fn grad_rows<S: SimdF32, const R: usize>(
 }
 
 /// `row[units] += acc`, a tile's share of one row's state gradient.
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 fn add_state_grad<S: SimdF32>(s: S, row: &mut [f32], lanes: &Lanes, acc: &S::X16) {
     for v in (0..TILE_UNITS / S::LANES).take_while(|v| v * S::LANES < lanes.n) {
         let sum = s.add(lanes.load(s, row, v), acc.as_ref()[v]);
@@ -1627,7 +1627,7 @@ mod dot_bf16 {
 /// a block of rows per pass. Every output is `bias + Σ_k x·w` added in order of `k`, whatever
 /// block, chunk or thread computes its row, so splitting the rows across threads changes no
 /// bit.
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 pub(crate) fn project<S: SimdF32>(s: S, p: &PackedProjection, x: &[f32], out: &mut [f32]) {
     let b = Panels {
         k: p.k,
@@ -1646,7 +1646,7 @@ pub(crate) fn project<S: SimdF32>(s: S, p: &PackedProjection, x: &[f32], out: &m
 /// apart, `b [k, n]` packed by [`Panels::pack`]. The projection's kernel as a general product:
 /// every output is its start plus `Σ_k a·b` in order of `k`, so any split of the rows changes
 /// no bit.
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 pub(crate) fn product<S: SimdF32>(
     s: S,
     a: Left<'_>,
@@ -1715,7 +1715,7 @@ enum Start<'a> {
 
 /// [`project`] and [`product`]: `out[r] = start + x[r] · b` for rows `r < rows`, `out` rows
 /// `ldo` apart, `start(c)` the start of panel `c`.
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 #[allow(clippy::too_many_arguments)]
 fn run_panels<'s, S: SimdF32>(
     s: S,
@@ -1735,7 +1735,7 @@ fn run_panels<'s, S: SimdF32>(
 }
 
 /// [`run_panels`] for panels of `G` column groups.
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 #[allow(clippy::too_many_arguments)]
 fn panel_groups<'s, S: SimdF32, const G: usize>(
     s: S,
@@ -1796,7 +1796,7 @@ const TRANSPOSED_BLOCK_ROWS: usize = 128;
 /// `out[r, columns of the panel] = start + x[r] · panel` for rows `rows` (`x` rows `k` long,
 /// `out` rows `ldo` apart), a block of rows per pass.
 #[allow(clippy::too_many_arguments)]
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 fn panel_rows<S: SimdF32, const G: usize>(
     s: S,
     panel: &Panel<'_>,
@@ -1832,7 +1832,7 @@ fn panel_rows<S: SimdF32, const G: usize>(
 /// column groups are its units of each gate. Allocates nothing and packs nothing per step;
 /// every output is one chain in order of `k`, so any split of the rows or tiles gives the same
 /// bits.
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 pub(crate) fn recurrent_rows<S: SimdF32>(
     s: S,
     p: &PackedRecurrent,
@@ -1851,7 +1851,7 @@ pub(crate) fn recurrent_rows<S: SimdF32>(
 }
 
 /// [`recurrent_rows`] for `G` gates.
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 fn recurrent_groups<S: SimdF32, const G: usize>(
     s: S,
     p: &PackedRecurrent,
@@ -1891,7 +1891,7 @@ struct Panel<'a> {
 
 /// One pass of [`panel_rows`] over a panel for the `R` rows from `r0`; returns `R`.
 #[allow(clippy::too_many_arguments)]
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 fn project_rows<S: SimdF32, const G: usize, const R: usize>(
     s: S,
     panel: &Panel<'_>,

@@ -2,7 +2,7 @@
 //!
 //! A token (`Scalar`, [`Avx2`], [`Avx512`]) can only be obtained after the CPU has been checked
 //! to support its instructions, so holding one is the proof the `unsafe` intrinsic calls below
-//! rely on. Kernels are `#[inline(always)]` functions generic over [`SimdF32`]; a thin
+//! rely on. Kernels are `#[cfg_attr(not(unoptimized), inline(always))]` functions generic over [`SimdF32`]; a thin
 //! `#[target_feature]` wrapper per ISA instantiates them so that every intrinsic inlines into
 //! code compiled for that ISA.
 
@@ -47,7 +47,7 @@ pub(crate) trait SimdF32: Copy + Send + Sync + 'static {
     unsafe fn store_ptr(self, p: *mut f32, v: Self::V);
     /// Hints that the cache line holding `p` will be read soon (no-op without SIMD). Any
     /// address is allowed: a prefetch never faults.
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn prefetch(self, p: *const u8) {
         let _ = p;
     }
@@ -99,37 +99,37 @@ impl SimdF32 for Scalar {
     type V = f32;
     const LANES: usize = 1;
     type X16 = [f32; 16];
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn splat16(self, v: f32) -> [f32; 16] {
         [self.splat(v); 16]
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn vectorize<R>(self, f: impl FnOnce() -> R) -> R {
         f()
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn splat(self, v: f32) -> f32 {
         v
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn load(self, s: &[f32]) -> f32 {
         s[0]
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn store(self, s: &mut [f32], v: f32) {
         s[0] = v;
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     unsafe fn load_ptr(self, p: *const f32) -> f32 {
         // SAFETY: the caller guarantees `p` is readable.
         unsafe { *p }
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     unsafe fn store_ptr(self, p: *mut f32, v: f32) {
         // SAFETY: the caller guarantees `p` is writable.
         unsafe { *p = v }
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     unsafe fn load_bf16_pairs_ptr(self, p: *const u16) -> (f32, f32) {
         // SAFETY: the caller guarantees p[0] and p[1] are readable.
         let (a, b) = unsafe { (*p, *p.add(1)) };
@@ -138,60 +138,60 @@ impl SimdF32 for Scalar {
             f32::from_bits((b as u32) << 16),
         )
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn reduce_sum(self, v: f32) -> f32 {
         v
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn add(self, a: f32, b: f32) -> f32 {
         a + b
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn sub(self, a: f32, b: f32) -> f32 {
         a - b
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn mul(self, a: f32, b: f32) -> f32 {
         a * b
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn div(self, a: f32, b: f32) -> f32 {
         a / b
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn fma(self, a: f32, b: f32, c: f32) -> f32 {
         // Not `mul_add`: without hardware FMA that is a slow library call.
         a * b + c
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn min(self, a: f32, b: f32) -> f32 {
         if b < a { b } else { a }
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn max(self, a: f32, b: f32) -> f32 {
         if b > a { b } else { a }
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn round(self, a: f32) -> f32 {
         a.round_ties_even()
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn scale_pow2(self, p: f32, n: f32) -> f32 {
         f32::from_bits((p.to_bits() as i32).wrapping_add((n as i32) << 23) as u32)
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn abs(self, a: f32) -> f32 {
         a.abs()
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn copysign(self, a: f32, s: f32) -> f32 {
         a.copysign(s)
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn select_lt(self, lhs: f32, rhs: f32, a: f32, b: f32) -> f32 {
         if lhs < rhs { a } else { b }
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn keep_nan(self, x: f32, r: f32) -> f32 {
         if x.is_nan() { x } else { r }
     }
@@ -234,11 +234,11 @@ impl SimdF32 for Avx2 {
     type V = __m256;
     const LANES: usize = 8;
     type X16 = [__m256; 2];
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn splat16(self, v: f32) -> [__m256; 2] {
         [self.splat(v); 2]
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn vectorize<R>(self, f: impl FnOnce() -> R) -> R {
         #[target_feature(enable = "avx2,fma")]
         #[inline]
@@ -248,39 +248,39 @@ impl SimdF32 for Avx2 {
         // SAFETY: see the impl.
         unsafe { run(f) }
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn splat(self, v: f32) -> __m256 {
         // SAFETY: see the impl.
         unsafe { _mm256_set1_ps(v) }
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn load(self, s: &[f32]) -> __m256 {
         assert!(s.len() >= 8);
         // SAFETY: see the impl; 8 readable floats.
         unsafe { _mm256_loadu_ps(s.as_ptr()) }
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn store(self, s: &mut [f32], v: __m256) {
         assert!(s.len() >= 8);
         // SAFETY: see the impl; 8 writable floats.
         unsafe { _mm256_storeu_ps(s.as_mut_ptr(), v) }
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn prefetch(self, p: *const u8) {
         // SAFETY: see the impl; a prefetch reads nothing architecturally and never faults.
         unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast()) }
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     unsafe fn load_ptr(self, p: *const f32) -> __m256 {
         // SAFETY: see the impl; the caller guarantees 8 readable floats.
         unsafe { _mm256_loadu_ps(p) }
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     unsafe fn store_ptr(self, p: *mut f32, v: __m256) {
         // SAFETY: see the impl; the caller guarantees 8 writable floats.
         unsafe { _mm256_storeu_ps(p, v) }
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     unsafe fn load_bf16_pairs_ptr(self, p: *const u16) -> (__m256, __m256) {
         // SAFETY: see the impl; the caller guarantees 16 readable values. Little-endian: the
         // first of a pair is the low half of its 32-bit lane.
@@ -291,7 +291,7 @@ impl SimdF32 for Avx2 {
             (_mm256_castsi256_ps(first), _mm256_castsi256_ps(second))
         }
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn reduce_sum(self, v: __m256) -> f32 {
         // SAFETY: see the impl.
         unsafe {
@@ -300,48 +300,48 @@ impl SimdF32 for Avx2 {
             _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
         }
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn add(self, a: __m256, b: __m256) -> __m256 {
         // SAFETY: see the impl.
         unsafe { _mm256_add_ps(a, b) }
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn sub(self, a: __m256, b: __m256) -> __m256 {
         // SAFETY: see the impl.
         unsafe { _mm256_sub_ps(a, b) }
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn mul(self, a: __m256, b: __m256) -> __m256 {
         // SAFETY: see the impl.
         unsafe { _mm256_mul_ps(a, b) }
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn div(self, a: __m256, b: __m256) -> __m256 {
         // SAFETY: see the impl.
         unsafe { _mm256_div_ps(a, b) }
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn fma(self, a: __m256, b: __m256, c: __m256) -> __m256 {
         // SAFETY: see the impl.
         unsafe { _mm256_fmadd_ps(a, b, c) }
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn min(self, a: __m256, b: __m256) -> __m256 {
         // minps returns its second operand when either is NaN: pass `a` second.
         // SAFETY: see the impl.
         unsafe { _mm256_min_ps(b, a) }
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn max(self, a: __m256, b: __m256) -> __m256 {
         // SAFETY: see the impl.
         unsafe { _mm256_max_ps(b, a) }
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn round(self, a: __m256) -> __m256 {
         // SAFETY: see the impl.
         unsafe { _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(a) }
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn scale_pow2(self, p: __m256, n: __m256) -> __m256 {
         // SAFETY: see the impl.
         unsafe {
@@ -349,12 +349,12 @@ impl SimdF32 for Avx2 {
             _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), e))
         }
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn abs(self, a: __m256) -> __m256 {
         // SAFETY: see the impl.
         unsafe { _mm256_andnot_ps(_mm256_set1_ps(-0.0), a) }
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn copysign(self, a: __m256, s: __m256) -> __m256 {
         // SAFETY: see the impl.
         unsafe {
@@ -362,12 +362,12 @@ impl SimdF32 for Avx2 {
             _mm256_or_ps(_mm256_andnot_ps(sign, a), _mm256_and_ps(sign, s))
         }
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn select_lt(self, lhs: __m256, rhs: __m256, a: __m256, b: __m256) -> __m256 {
         // SAFETY: see the impl.
         unsafe { _mm256_blendv_ps(b, a, _mm256_cmp_ps::<_CMP_LT_OQ>(lhs, rhs)) }
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn keep_nan(self, x: __m256, r: __m256) -> __m256 {
         // SAFETY: see the impl.
         unsafe { _mm256_blendv_ps(r, x, _mm256_cmp_ps::<_CMP_UNORD_Q>(x, x)) }
@@ -381,11 +381,11 @@ impl SimdF32 for Avx512 {
     type V = __m512;
     const LANES: usize = 16;
     type X16 = [__m512; 1];
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn splat16(self, v: f32) -> [__m512; 1] {
         [self.splat(v); 1]
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn vectorize<R>(self, f: impl FnOnce() -> R) -> R {
         #[target_feature(enable = "avx512f,avx2,fma")]
         #[inline]
@@ -395,39 +395,39 @@ impl SimdF32 for Avx512 {
         // SAFETY: see the impl.
         unsafe { run(f) }
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn splat(self, v: f32) -> __m512 {
         // SAFETY: see the impl.
         unsafe { _mm512_set1_ps(v) }
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn load(self, s: &[f32]) -> __m512 {
         assert!(s.len() >= 16);
         // SAFETY: see the impl; 16 readable floats.
         unsafe { _mm512_loadu_ps(s.as_ptr()) }
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn store(self, s: &mut [f32], v: __m512) {
         assert!(s.len() >= 16);
         // SAFETY: see the impl; 16 writable floats.
         unsafe { _mm512_storeu_ps(s.as_mut_ptr(), v) }
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn prefetch(self, p: *const u8) {
         // SAFETY: see the impl; a prefetch reads nothing architecturally and never faults.
         unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast()) }
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     unsafe fn load_ptr(self, p: *const f32) -> __m512 {
         // SAFETY: see the impl; the caller guarantees 16 readable floats.
         unsafe { _mm512_loadu_ps(p) }
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     unsafe fn store_ptr(self, p: *mut f32, v: __m512) {
         // SAFETY: see the impl; the caller guarantees 16 writable floats.
         unsafe { _mm512_storeu_ps(p, v) }
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     unsafe fn load_bf16_pairs_ptr(self, p: *const u16) -> (__m512, __m512) {
         // SAFETY: see the impl; the caller guarantees 32 readable values. Little-endian: the
         // first of a pair is the low half of its 32-bit lane.
@@ -438,52 +438,52 @@ impl SimdF32 for Avx512 {
             (_mm512_castsi512_ps(first), _mm512_castsi512_ps(second))
         }
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn reduce_sum(self, v: __m512) -> f32 {
         // SAFETY: see the impl.
         unsafe { _mm512_reduce_add_ps(v) }
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn add(self, a: __m512, b: __m512) -> __m512 {
         // SAFETY: see the impl.
         unsafe { _mm512_add_ps(a, b) }
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn sub(self, a: __m512, b: __m512) -> __m512 {
         // SAFETY: see the impl.
         unsafe { _mm512_sub_ps(a, b) }
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn mul(self, a: __m512, b: __m512) -> __m512 {
         // SAFETY: see the impl.
         unsafe { _mm512_mul_ps(a, b) }
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn div(self, a: __m512, b: __m512) -> __m512 {
         // SAFETY: see the impl.
         unsafe { _mm512_div_ps(a, b) }
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn fma(self, a: __m512, b: __m512, c: __m512) -> __m512 {
         // SAFETY: see the impl.
         unsafe { _mm512_fmadd_ps(a, b, c) }
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn min(self, a: __m512, b: __m512) -> __m512 {
         // SAFETY: see the impl.
         unsafe { _mm512_min_ps(b, a) }
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn max(self, a: __m512, b: __m512) -> __m512 {
         // SAFETY: see the impl.
         unsafe { _mm512_max_ps(b, a) }
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn round(self, a: __m512) -> __m512 {
         // SAFETY: see the impl.
         unsafe { _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(a) }
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn scale_pow2(self, p: __m512, n: __m512) -> __m512 {
         // SAFETY: see the impl.
         unsafe {
@@ -491,12 +491,12 @@ impl SimdF32 for Avx512 {
             _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(p), e))
         }
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn abs(self, a: __m512) -> __m512 {
         // SAFETY: see the impl.
         unsafe { _mm512_abs_ps(a) }
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn copysign(self, a: __m512, s: __m512) -> __m512 {
         // SAFETY: see the impl.
         unsafe {
@@ -506,12 +506,12 @@ impl SimdF32 for Avx512 {
             _mm512_castsi512_ps(_mm512_or_si512(mag, sg))
         }
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn select_lt(self, lhs: __m512, rhs: __m512, a: __m512, b: __m512) -> __m512 {
         // SAFETY: see the impl.
         unsafe { _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_LT_OQ>(lhs, rhs), b, a) }
     }
-    #[inline(always)]
+    #[cfg_attr(not(unoptimized), inline(always))]
     fn keep_nan(self, x: __m512, r: __m512) -> __m512 {
         // SAFETY: see the impl.
         unsafe { _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x, x), r, x) }

@@ -23,7 +23,7 @@ use std::ops::Range;
 /// `x` rows are `ldx` apart, `w` rows `ldw`, `out` rows `ldo`; `bias` has `n` values or is
 /// empty (none).
 #[allow(clippy::too_many_arguments)]
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 pub(crate) fn product_rows<T: Real, O: RowOps<T>, K: Dim>(
     ops: O,
     k: K,
@@ -81,7 +81,7 @@ pub(crate) fn product_rows<T: Real, O: RowOps<T>, K: Dim>(
 /// `dx[r, :K] += d[r, :n] · w[:, cols]ᵀ` and `dw[:, cols] += x[:rows, :K]ᵀ · d`.
 /// `dx` and `dw` may be empty to skip that gradient.
 #[allow(clippy::too_many_arguments)]
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 pub(crate) fn product_rows_backward<T: Real, O: RowOps<T>, K: Dim>(
     ops: O,
     k: K,
@@ -139,7 +139,7 @@ pub(crate) fn product_rows_backward<T: Real, O: RowOps<T>, K: Dim>(
 /// Recurrent product for every row: `out[b, :n] = h[b] · recurrent_kernel[:, col0..col0+n]
 /// + recurrent_bias[col0..col0+n]`, `h` rows `ldh` apart, `out` rows `ldo` apart.
 #[allow(clippy::too_many_arguments)]
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 fn recurrent<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
     ops: O,
     w: &RecurrentWeights<T, I, H>,
@@ -176,7 +176,7 @@ fn recurrent<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
 /// Backward of [`recurrent`]: `dh[b] += d[b] · U[:, cols]ᵀ`, `dU[:, cols] += hᵀ · d`,
 /// `du[cols] += Σ_b d[b]` (bias gradient skipped when `d_rb` is empty).
 #[allow(clippy::too_many_arguments)]
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 fn recurrent_backward<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
     ops: O,
     w: &RecurrentWeights<T, I, H>,
@@ -211,7 +211,7 @@ fn recurrent_backward<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
 /// The recurrent half of a backward step split by hidden units: `dh[b, u] += d[b, :] ·
 /// recurrent_kernel[u, :]ᵀ` for every row `b < batch` and state unit `u` in `units`
 /// (`d [B, G·H]` the gradients of the recurrent terms, `dh [B, H]`).
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 pub(crate) fn recurrent_grad_units<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
     ops: O,
     w: &RecurrentWeights<T, I, H>,
@@ -244,7 +244,7 @@ pub(crate) fn recurrent_grad_units<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
 }
 
 /// `a[j] += b[j]`.
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 fn add_assign<T: Real>(a: &mut [T], b: &[T]) {
     for (x, &y) in a.iter_mut().zip(b) {
         *x += y;
@@ -252,7 +252,7 @@ fn add_assign<T: Real>(a: &mut [T], b: &[T]) {
 }
 
 /// `out[j] = a[j] + b[j]`.
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 fn add_into<T: Real>(out: &mut [T], a: &[T], b: &[T]) {
     for (o, (&x, &y)) in out.iter_mut().zip(a.iter().zip(b)) {
         *o = x + y;
@@ -263,7 +263,7 @@ fn add_into<T: Real>(out: &mut [T], a: &[T], b: &[T]) {
 /// (rows `ldo` apart, gate block `g` at `g·H`): one product over all columns for a whole step,
 /// one per gate block for a part.
 #[allow(clippy::too_many_arguments)]
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 fn recurrent_units<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
     ops: O,
     w: &RecurrentWeights<T, I, H>,
@@ -304,7 +304,7 @@ fn recurrent_units<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
     }
 }
 
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 pub(crate) fn simple_rnn_fwd<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
     ops: O,
     kind: &SimpleRnnKind,
@@ -321,7 +321,7 @@ pub(crate) fn simple_rnn_fwd<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
     }
 }
 
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 pub(crate) fn simple_rnn_bwd<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
     ops: O,
     kind: &SimpleRnnKind,
@@ -339,7 +339,7 @@ pub(crate) fn simple_rnn_bwd<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
 
 /// The gate half of a SimpleRNN backward step for the hidden units `u`: their columns of
 /// `d_proj`, and zeros at them in `d_state` (which only the recurrent product feeds).
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 pub(crate) fn simple_rnn_bwd_gates<T: Real, I: Dim, H: Dim>(
     kind: &SimpleRnnKind,
     w: &RecurrentWeights<T, I, H>,
@@ -365,7 +365,7 @@ pub(crate) fn simple_rnn_bwd_gates<T: Real, I: Dim, H: Dim>(
     }
 }
 
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 pub(crate) fn lstm_fwd<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
     ops: O,
     kind: &LstmKind,
@@ -430,7 +430,7 @@ pub(crate) fn lstm_fwd<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
     }
 }
 
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 pub(crate) fn lstm_bwd<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
     ops: O,
     kind: &LstmKind,
@@ -470,7 +470,7 @@ const GATE_PREFETCH_ROWS: usize = 2;
 
 /// Prefetches the units `u` of each of the `blocks` blocks of `h` values that start at
 /// `start` in `v` (nothing where they lie past its end).
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 fn prefetch_units<T>(v: &[T], start: usize, blocks: usize, h: usize, u: &Range<usize>) {
     for k in 0..blocks {
         if let Some(run) = v.get(start + k * h + u.start..start + k * h + u.end) {
@@ -482,7 +482,7 @@ fn prefetch_units<T>(v: &[T], start: usize, blocks: usize, h: usize, u: &Range<u
 /// The gate half of an LSTM backward step for the hidden units `u`: their columns of every
 /// gate block of `d_proj`, their `dc_prev`, and zeros at them in `dh_prev` (which only the
 /// recurrent product feeds).
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 pub(crate) fn lstm_bwd_gates<T: Real, I: Dim, H: Dim>(
     kind: &LstmKind,
     w: &RecurrentWeights<T, I, H>,
@@ -534,7 +534,7 @@ pub(crate) fn lstm_bwd_gates<T: Real, I: Dim, H: Dim>(
 /// candidate activations from their outputs. Rows arrive as separate arguments so that the
 /// compiler knows they do not overlap and vectorises the loop.
 #[allow(clippy::too_many_arguments)]
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 fn gru_grad_row<T: Real>(
     d_ra: impl Fn(T) -> T,
     d_act: impl Fn(T) -> T,
@@ -559,7 +559,7 @@ fn gru_grad_row<T: Real>(
 
 /// The reset-after GRU's reset gradient `da_r = dn · rec_n · r'` and the recurrent candidate
 /// term's gradient `d_rec_n = dn · r`, for one batch row (`rec_n` the recorded recurrent term).
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 fn gru_reset_after_row<T: Real>(
     d_ra: impl Fn(T) -> T,
     r: &[T],
@@ -577,7 +577,7 @@ fn gru_reset_after_row<T: Real>(
 }
 
 /// `d[j] = dy[j] · act'(y[j])` with `d_act` the derivative from the output.
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 fn scale_by_derivative<T: Real>(d_act: impl Fn(T) -> T, dy: &[T], y: &[T], d: &mut [T]) {
     for ((d, &dy), &y) in d.iter_mut().zip(dy).zip(y) {
         *d = dy * d_act(y);
@@ -592,7 +592,7 @@ fn scale_by_derivative<T: Real>(d_act: impl Fn(T) -> T, dy: &[T], y: &[T], d: &m
 /// The rows arrive as separate arguments so that the compiler knows they do not overlap and
 /// vectorises the loop.
 #[allow(clippy::too_many_arguments)]
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 fn lstm_grad_row<T: Real>(
     d_ra: impl Fn(T) -> T,
     d_act: impl Fn(T) -> T,
@@ -631,7 +631,7 @@ fn lstm_grad_row<T: Real>(
     }
 }
 
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 pub(crate) fn gru_fwd<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
     ops: O,
     kind: &GruKind,
@@ -704,7 +704,7 @@ pub(crate) fn gru_fwd<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
 /// reset-before): their columns of the update and candidate blocks of `d_proj`, and for
 /// reset-after of the reset block and of the candidate block of the recurrent terms' gradients
 /// (scratch rows `[B, 3H]`); their `d_state` through the update (`carry`: see [`gru_bwd`]).
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 pub(crate) fn gru_bwd_gates<T: Real, I: Dim, H: Dim>(
     kind: &GruKind,
     w: &RecurrentWeights<T, I, H>,
@@ -770,7 +770,7 @@ pub(crate) fn gru_bwd_gates<T: Real, I: Dim, H: Dim>(
     }
 }
 
-#[inline(always)]
+#[cfg_attr(not(unoptimized), inline(always))]
 pub(crate) fn gru_bwd<T: Real, O: RowOps<T>, I: Dim, H: Dim>(
     ops: O,
     kind: &GruKind,
