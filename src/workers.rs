@@ -27,6 +27,17 @@ use crate::cpu::{Backend, active_backend, with_backend};
 /// How long an idle worker keeps checking for a new job before it sleeps.
 const SPIN: Duration = Duration::from_micros(200);
 
+/// The threads a call asking for `requested` uses: at most the machine's available
+/// parallelism (threads beyond it only wait for each other, at barriers that spin, and each
+/// would be a worker kept for the life of the process), at least 1. Where the system does not
+/// say, the request stands.
+pub(crate) fn usable_threads(requested: usize) -> usize {
+    static AVAILABLE: OnceLock<Option<usize>> = OnceLock::new();
+    let available =
+        *AVAILABLE.get_or_init(|| std::thread::available_parallelism().ok().map(usize::from));
+    requested.min(available.unwrap_or(requested)).max(1)
+}
+
 /// Runs `job(0)`, …, `job(jobs − 1)`, at the same time where it can: `job(0)` on the calling
 /// thread, the others on workers. When the system refuses a thread, the jobs run one after
 /// another on the calling thread instead, so they must not wait for each other (see

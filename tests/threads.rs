@@ -159,6 +159,50 @@ fn zero_threads_is_an_error() {
     assert_eq!(err, Error::Zero { arg: "threads" });
 }
 
+/// The threads of this process (Linux), or `None`.
+fn process_threads() -> Option<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("Threads:"))?;
+    line["Threads:".len()..].trim().parse().ok()
+}
+
+/// A thread count far beyond the machine's runs on at most the machine's threads (it used to
+/// start one worker per requested thread, and abort when the system ran out of them), with
+/// one thread's results.
+#[test]
+fn more_threads_than_the_machine_has_use_the_machines() {
+    let cell = DynLstm::<f32>::random(Dyn(64), Dyn(256), LstmKind::default(), true, 1).unwrap();
+    let (t, b) = (16, 64);
+    let x: Vec<f32> = (0..t * b * 64).map(|k| (k as f32 * 0.37).sin()).collect();
+    let dy: Vec<f32> = (0..t * b * 256).map(|k| (k as f32 * 0.11).cos()).collect();
+    let run = |threads: usize| {
+        let spec = SeqSpec::new(t, b).threads(threads);
+        let mut tape = vec![0.0; seq::tape_len(&cell, &spec).unwrap()];
+        let out = seq::forward_train(&cell, &spec, &x, None, &mut tape).unwrap();
+        let grads = seq::bptt(&cell, &spec, &x, None, &tape, &dy, None).unwrap();
+        (
+            bits(&out.y),
+            bits(&grads.dx),
+            grads
+                .params
+                .concat()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect::<Vec<_>>(),
+        )
+    };
+    let one = run(1);
+    assert!(run(1 << 20) == one, "results changed with the thread count");
+    let machine = std::thread::available_parallelism().map_or(1, usize::from);
+    if let Some(n) = process_threads() {
+        // This test's thread, the harness's threads (at most one per CPU) and the workers.
+        assert!(
+            n <= 3 * machine + 2,
+            "{n} threads on a machine of {machine}"
+        );
+    }
+}
+
 /// BPTT with `threads(n)` splits its products over all `T·B` rows, and for LSTM, SimpleRNN and
 /// the reset-after GRU its reverse step loop by batch rows, or else by hidden units; every
 /// gradient stays bit-identical to one thread's. Returns how many runs split the step loop by

@@ -162,6 +162,7 @@ fn run_forward<T: Real, C: Cell<T> + ?Sized>(
     training: bool,
 ) -> Result<Output<T>> {
     cell.prepare();
+    let spec = &spec.threads(crate::workers::usable_threads(spec.threads));
     // A cell with a projection reads `x` only through it, which runs on the caller's rows in
     // their own order: no copy of `x`. Others get `x` in processing order.
     let xs = if d.p > 0 {
@@ -332,6 +333,7 @@ pub fn bptt_into<T: Real, C: Cell<T> + ?Sized>(
     }
     drop(params);
 
+    let spec = &spec.threads(crate::workers::usable_threads(spec.threads));
     let sl = d.state_len;
     let (states, cell_tape) = tape[..need].split_at((d.t + 1) * sl);
     let xs = processing_order(spec, &d, x)?;
