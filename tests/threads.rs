@@ -389,3 +389,46 @@ fn unusable_row_parts_run_unsplit() {
         assert_eq!(bits(&grads.dx), bits(&want_grads.dx), "{parts:?}: dx");
     }
 }
+
+/// A cell whose step panics in one part of a split step: the panic reaches the caller, and
+/// the other part, waiting for it at the step's barrier, does not wait forever.
+#[test]
+fn a_panic_in_one_part_of_a_split_step_reaches_the_caller() {
+    use fused_rnn::cell::{Param, StepBackward, StepForward};
+    struct PanicsInPartOne;
+    impl Cell<f32> for PanicsInPartOne {
+        fn input_size(&self) -> usize {
+            1
+        }
+        fn hidden_size(&self) -> usize {
+            32
+        }
+        fn max_parts(&self, _batch: usize) -> usize {
+            2
+        }
+        fn step_forward(&self, s: StepForward<'_, f32>) {
+            assert!(s.part.index != 1, "a bug in part 1");
+            s.next.fill(0.0);
+        }
+        fn step_backward(&self, _s: StepBackward<'_, f32>, _grads: &mut [Vec<f32>]) {}
+        fn params(&self) -> Vec<Param<'_, f32>> {
+            Vec::new()
+        }
+        fn params_mut(&mut self) -> Vec<&mut [f32]> {
+            Vec::new()
+        }
+    }
+    let (sent, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let spec = SeqSpec::new(3, 1).threads(2);
+        let run =
+            std::panic::catch_unwind(|| seq::forward(&PanicsInPartOne, &spec, &[0.0; 3], None));
+        let _ = sent.send(run.is_err());
+    });
+    let panicked = received
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the call returned or panicked within a minute");
+    // One CPU: the step runs unsplit, as part 0, and nothing panics.
+    let split = std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
+    assert_eq!(panicked, split, "the part's panic reached the caller");
+}

@@ -8,7 +8,7 @@
 //! `t + 1` is only passed once every thread has finished reading step `t`.
 
 use std::sync::RwLock;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use super::run::{StepRows, add_output_gradient};
 use super::{Dims, SeqSpec};
@@ -84,6 +84,7 @@ pub(super) fn forward<T: Real, C: Cell<T> + ?Sized>(
     let training = out.training;
 
     let worker = |q: usize, out: Option<Outputs<'_, T>>| -> Vec<T> {
+        let _panics = barrier.broken_by_panic();
         let mut state = initial.to_vec();
         let mut scratch = vec![T::ZERO; d.b * d.sw];
         let mut out = out;
@@ -368,6 +369,7 @@ pub(super) fn backward_by_units<T: Real, C: Cell<T> + ?Sized>(
     let input = &input;
 
     let worker = |q: usize, mut d_proj_out: Option<&mut [T]>| -> Vec<T> {
+        let _panics = barrier.broken_by_panic();
         let mut d_next = match input.d_final_state {
             Some(g) => g.to_vec(),
             None => vec![T::ZERO; sl],
@@ -506,11 +508,25 @@ fn collect<T: Real>(
 }
 
 /// A barrier that spins briefly before yielding: a step lasts microseconds, far less than it
-/// takes to put a thread to sleep and wake it again.
+/// takes to put a thread to sleep and wake it again. A thread that panics breaks it (see
+/// [`SpinBarrier::broken_by_panic`]), so that the others panic too instead of waiting for it
+/// forever.
 struct SpinBarrier {
     arrived: AtomicUsize,
     generation: AtomicUsize,
     threads: usize,
+    broken: AtomicBool,
+}
+
+/// Breaks its barrier when dropped during a panic.
+struct BreakOnPanic<'a>(&'a SpinBarrier);
+
+impl Drop for BreakOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.broken.store(true, Ordering::Release);
+        }
+    }
 }
 
 impl SpinBarrier {
@@ -522,11 +538,21 @@ impl SpinBarrier {
             arrived: AtomicUsize::new(0),
             generation: AtomicUsize::new(0),
             threads,
+            broken: AtomicBool::new(false),
         }
+    }
+
+    /// A guard for the whole of one thread's work: should that thread panic (a cell's step,
+    /// say), the threads waiting at the barrier, and any that come to it later, panic too.
+    fn broken_by_panic(&self) -> BreakOnPanic<'_> {
+        BreakOnPanic(self)
     }
 
     /// Returns once all `threads` threads have called `wait` for this generation. Everything a
     /// thread did before `wait` happens-before everything any thread does after it.
+    ///
+    /// # Panics
+    /// When another thread panicked while holding [`SpinBarrier::broken_by_panic`].
     fn wait(&self) {
         let generation = self.generation.load(Ordering::Acquire);
         if self.arrived.fetch_add(1, Ordering::AcqRel) + 1 == self.threads {
@@ -535,9 +561,15 @@ impl SpinBarrier {
             return;
         }
         workers::spin_until(
-            || self.generation.load(Ordering::Acquire) != generation,
+            || {
+                self.generation.load(Ordering::Acquire) != generation
+                    || self.broken.load(Ordering::Acquire)
+            },
             Self::CHECKS_PER_YIELD,
             std::thread::yield_now,
         );
+        if self.generation.load(Ordering::Acquire) == generation {
+            panic!("another thread of this split loop panicked");
+        }
     }
 }
