@@ -380,6 +380,37 @@ fn absurd_dimensions_are_rejected_before_allocation() {
         Stream::new(&cell, huge),
         Err(Error::Allocation { arg: "state", .. })
     ));
+    // Layers: gradients, states and dropout masks of absurd sizes.
+    use fused_rnn::layer::{CellConfig, Rnn, RnnConfig, RnnGrads, RunSpec, StatefulRnn};
+    let config = RnnConfig::new(CellConfig::Lstm(LstmKind::default()), 3, 4)
+        .layers(2)
+        .dropout(0.5, 0.5)
+        .inter_layer_dropout(0.5);
+    let rnn = Rnn::<f32>::random(config, 1).unwrap();
+    assert!(matches!(
+        RnnGrads::zeros(&rnn, &RunSpec::new(1 << 20, 1 << 20)),
+        Err(Error::Allocation { .. })
+    ));
+    assert!(matches!(
+        StatefulRnn::new(rnn.clone(), huge),
+        Err(Error::Allocation { arg: "state", .. })
+    ));
+    assert!(matches!(
+        rnn.between_mask(0, 0, usize::MAX),
+        Err(Error::Allocation { arg: "len", .. })
+    ));
+    assert!(matches!(
+        rnn.dropout_masks(0, usize::MAX / 2, 0),
+        Err(Error::Overflow { .. })
+    ));
+    assert!(matches!(
+        rnn.dropout_masks(0, huge, 0),
+        Err(Error::Allocation { .. })
+    ));
+    assert!(matches!(
+        rnn.dropout_masks(0, 2, 2),
+        Err(Error::Invalid { arg: "n", .. })
+    ));
     let largest = LARGEST.load(Ordering::Relaxed);
     println!("largest successful allocation: {largest} bytes");
     assert!(

@@ -211,16 +211,14 @@ fn setup<T: Real>(c: &Case) -> Setup<T> {
     let f = |v: Option<Vec<T>>| v.map(|m| m.iter().map(|x| x.to_f64()).collect());
     let mut drop = RefDropout::default();
     for n in 0..ld {
-        let (a, r) = rnn.dropout_masks(c.seed, c.b, n);
+        let (a, r) = rnn.dropout_masks(c.seed, c.b, n).unwrap();
         drop.input.push(f(a));
         drop.recurrent.push(f(r));
     }
     for l in 0..c.layers.saturating_sub(1) {
-        drop.between.push(f(rnn.between_mask(
-            c.seed,
-            l,
-            c.t * c.b * cfg.merged_width(),
-        )));
+        drop.between.push(f(rnn
+            .between_mask(c.seed, l, c.t * c.b * cfg.merged_width())
+            .unwrap()));
     }
     let stack = RefStack {
         cells: rnn.cells().iter().map(ref_cell).collect(),

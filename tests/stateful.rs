@@ -497,7 +497,7 @@ fn check_tbptt(c: &TbpttCase) -> Result<(), TestCaseError> {
     };
     let mut masks = RefDropout::default();
     for n in 0..c.layers {
-        let (a, r) = rnn.dropout_masks(c.seed, b, n);
+        let (a, r) = rnn.dropout_masks(c.seed, b, n).unwrap();
         masks.input.push(a);
         masks.recurrent.push(r);
     }

@@ -2,6 +2,7 @@
 //! function of `(seed, stream, index)`, so forward and backward draw the same mask without
 //! storing it, and the same seed gives the same masks on every machine and backend.
 
+use crate::error::{Result, try_filled};
 use crate::real::Real;
 
 /// A mask stream: which layer, direction and use a mask belongs to.
@@ -51,9 +52,23 @@ pub(crate) fn keep<T: Real>(seed: u64, stream: Stream, index: u64, p: f64) -> T 
     }
 }
 
-/// `n` mask values of `stream`, or `None` when `p == 0` (no dropout).
-pub(crate) fn mask<T: Real>(seed: u64, stream: Stream, n: usize, p: f64) -> Option<Vec<T>> {
-    (p > 0.0).then(|| (0..n as u64).map(|k| keep(seed, stream, k, p)).collect())
+/// `n` mask values of `stream`, or `None` when `p == 0` (no dropout); [`Error::Allocation`]
+/// naming `arg` when `n` values cannot be had.
+pub(crate) fn mask<T: Real>(
+    arg: &'static str,
+    seed: u64,
+    stream: Stream,
+    n: usize,
+    p: f64,
+) -> Result<Option<Vec<T>>> {
+    if p <= 0.0 {
+        return Ok(None);
+    }
+    let mut m = try_filled(arg, n, T::ZERO)?;
+    for (k, v) in m.iter_mut().enumerate() {
+        *v = keep(seed, stream, k as u64, p);
+    }
+    Ok(Some(m))
 }
 
 #[cfg(test)]
@@ -63,14 +78,14 @@ mod tests {
     #[test]
     fn masks_are_reproducible_and_have_the_rate() {
         let s = Stream::Recurrent { layer: 1, dir: 0 };
-        let a: Vec<f64> = mask(7, s, 20_000, 0.3).unwrap();
-        let b: Vec<f64> = mask(7, s, 20_000, 0.3).unwrap();
+        let a: Vec<f64> = mask("m", 7, s, 20_000, 0.3).unwrap().unwrap();
+        let b: Vec<f64> = mask("m", 7, s, 20_000, 0.3).unwrap().unwrap();
         assert_eq!(a, b);
-        let c: Vec<f64> = mask(8, s, 20_000, 0.3).unwrap();
+        let c: Vec<f64> = mask("m", 8, s, 20_000, 0.3).unwrap().unwrap();
         assert_ne!(a, c);
         let dropped = a.iter().filter(|&&v| v == 0.0).count() as f64 / a.len() as f64;
         assert!((dropped - 0.3).abs() < 0.02, "{dropped}");
         assert!(a.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.7).abs() < 1e-15));
-        assert!(mask::<f64>(7, s, 5, 0.0).is_none());
+        assert!(mask::<f64>("m", 7, s, 5, 0.0).unwrap().is_none());
     }
 }

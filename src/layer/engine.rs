@@ -20,7 +20,7 @@
 
 use crate::cell::{Cell, DynGru, Part, StepBackward, StepForward};
 use crate::cpu::Carry;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, try_filled};
 use crate::real::Real;
 use crate::seq::Layout;
 
@@ -161,10 +161,11 @@ impl<T: Real, C: Cell<T> + ?Sized> Dir<'_, T, C> {
     }
 
     /// The inputs in packed order, input dropout applied.
-    fn gather(&self, input: &SeqRef<'_, T>) -> Vec<T> {
+    fn gather(&self, input: &SeqRef<'_, T>) -> Result<Vec<T>> {
         let plan = self.plan;
         let i = input.w;
-        let mut xs = Vec::with_capacity(plan.total() * i);
+        let mut xs = try_filled("x", plan.total() * i, T::ZERO)?;
+        xs.clear();
         for s in 0..plan.t {
             for k in 0..plan.active[s] {
                 let b = plan.order[k];
@@ -177,7 +178,7 @@ impl<T: Real, C: Cell<T> + ?Sized> Dir<'_, T, C> {
                 }
             }
         }
-        xs
+        Ok(xs)
     }
 
     /// The state step `s` consumes, `[S, a, H]` with `a = active[s]`: borrowed from `prev`
@@ -226,7 +227,7 @@ impl<T: Real, C: Cell<T> + ?Sized> Dir<'_, T, C> {
         out: &mut [T],
         final_state: &mut [T],
         tape: Option<[&mut [T]; 3]>,
-    ) {
+    ) -> Result<()> {
         let plan = self.plan;
         let (sc, _, h) = self.dims();
         let (b, p, tw, sw) = (
@@ -236,9 +237,9 @@ impl<T: Real, C: Cell<T> + ?Sized> Dir<'_, T, C> {
             self.cell.scratch_width(),
         );
         self.cell.prepare();
-        let xs = self.gather(input);
+        let xs = self.gather(input)?;
         let i = input.w;
-        let mut proj = vec![T::ZERO; plan.total() * p];
+        let mut proj = try_filled("projection", plan.total() * p, T::ZERO)?;
         if p > 0 && plan.total() > 0 {
             if tape.is_some() {
                 self.cell.project_inputs(&xs, &mut proj);
@@ -246,8 +247,8 @@ impl<T: Real, C: Cell<T> + ?Sized> Dir<'_, T, C> {
                 self.cell.project_inputs_inference(&xs, &mut proj);
             }
         }
-        let mut scratch = vec![T::ZERO; b * sw];
-        let mut work = Vec::with_capacity(sc * b * h);
+        let mut scratch = try_filled("scratch", b * sw, T::ZERO)?;
+        let mut work = try_filled("state", sc * b * h, T::ZERO)?;
         let mut local_init = Vec::new();
         let mut ping = Vec::new();
         let mut pong = Vec::new();
@@ -367,6 +368,7 @@ impl<T: Real, C: Cell<T> + ?Sized> Dir<'_, T, C> {
                 std::mem::swap(&mut ping, &mut pong);
             }
         }
+        Ok(())
     }
 
     /// Backpropagation through time of [`Dir::forward`] over its record `tape`.
@@ -385,7 +387,7 @@ impl<T: Real, C: Cell<T> + ?Sized> Dir<'_, T, C> {
         dx: &mut [T],
         d_initial: &mut [T],
         grads: &mut [Vec<T>],
-    ) {
+    ) -> Result<()> {
         let plan = self.plan;
         let (sc, i, h) = self.dims();
         let (b, p, tw, sw) = (
@@ -396,16 +398,16 @@ impl<T: Real, C: Cell<T> + ?Sized> Dir<'_, T, C> {
         );
         let [init_sorted, states, cell_tape] = tape;
         let total = plan.total();
-        let xs = self.gather(input);
-        let mut dxs = vec![T::ZERO; total * i];
-        let mut d_proj = vec![T::ZERO; total * p];
-        let mut scratch = vec![T::ZERO; b * sw];
-        let mut work = Vec::with_capacity(sc * b * h);
+        let xs = self.gather(input)?;
+        let mut dxs = try_filled("dx", total * i, T::ZERO)?;
+        let mut d_proj = try_filled("projection", total * p, T::ZERO)?;
+        let mut scratch = try_filled("scratch", b * sw, T::ZERO)?;
+        let mut work = try_filled("state", sc * b * h, T::ZERO)?;
         // The state each packed row's step consumed, for Cell::sequence_backward ([rows + 1, S, 1, H]).
-        let mut prev_rows = vec![T::ZERO; (total + 1) * sc * h];
-        let mut d_next = vec![T::ZERO; sc * b * h];
-        let mut d_state = vec![T::ZERO; sc * b * h];
-        let mut d_carry = vec![T::ZERO; if self.fix.is_some() { b * h } else { 0 }];
+        let mut prev_rows = try_filled("tape", (total + 1) * sc * h, T::ZERO)?;
+        let mut d_next = try_filled("state", sc * b * h, T::ZERO)?;
+        let mut d_state = try_filled("state", sc * b * h, T::ZERO)?;
+        let mut d_carry = try_filled("state", if self.fix.is_some() { b * h } else { 0 }, T::ZERO)?;
         let mut a_after = 0; // rows of d_state (the step after the current one)
         let d_final_sorted = |j: usize, k: usize| &d_final[(j * b + plan.order[k]) * h..][..h];
         for s in (0..plan.t).rev() {
@@ -544,5 +546,6 @@ impl<T: Real, C: Cell<T> + ?Sized> Dir<'_, T, C> {
                 }
             }
         }
+        Ok(())
     }
 }

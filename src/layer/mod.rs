@@ -97,7 +97,7 @@ pub mod io;
 mod stack;
 pub mod stateful;
 
-pub use stack::{RnnGrads, lengths_from_mask};
+pub use stack::{Masks, RnnGrads, lengths_from_mask};
 pub use stateful::{StatefulRnn, Tbptt, TbpttUpdate};
 
 use crate::cell::{
@@ -555,44 +555,7 @@ impl<T: Real> Rnn<T> {
         config.validate()?;
         crate::error::check_len("cells", cells.len(), config.cell_count())?;
         for (n, c) in cells.iter().enumerate() {
-            let l = n / config.directions();
-            if c.config() != config.cell {
-                return Err(Error::Invalid {
-                    arg: "cells",
-                    reason: format!(
-                        "cell {n} is {:?}, the config says {:?}",
-                        c.config(),
-                        config.cell
-                    ),
-                });
-            }
-            let w = c.weights();
-            for (arg, actual, expected) in [
-                (
-                    "cells[k].input_size",
-                    w.input_size(),
-                    config.layer_input_size(l),
-                ),
-                ("cells[k].hidden_size", w.hidden_size(), config.hidden_size),
-            ] {
-                if actual != expected {
-                    return Err(Error::Mismatch {
-                        arg,
-                        expected,
-                        actual,
-                    });
-                }
-            }
-            if w.has_bias() != config.use_bias {
-                return Err(Error::Invalid {
-                    arg: "cells",
-                    reason: format!(
-                        "cell {n} {} biases, the config says use_bias = {}",
-                        if w.has_bias() { "has" } else { "has no" },
-                        config.use_bias
-                    ),
-                });
-            }
+            check_cell(&config, n, c)?;
         }
         Ok(Self { config, cells })
     }
@@ -624,9 +587,29 @@ impl<T: Real> Rnn<T> {
     pub fn cells(&self) -> &[AnyCell<T>] {
         &self.cells
     }
-    /// Every cell, mutable (the config cannot change).
-    pub fn cells_mut(&mut self) -> &mut [AnyCell<T>] {
-        &mut self.cells
+    /// Every cell's parameters, mutable, for weight updates: index `layer·D + direction`, each
+    /// cell's in the order of its [`Cell::params`]. Their values change; the cells' kinds and
+    /// sizes cannot (see [`Rnn::set_cell`]).
+    pub fn params_mut(&mut self) -> Vec<Vec<&mut [T]>> {
+        self.cells.iter_mut().map(Cell::params_mut).collect()
+    }
+    /// Replaces cell `n` (`layer·D + direction`), checked against the config as [`Rnn::new`]
+    /// checks its cells.
+    ///
+    /// Errors: [`Error::Invalid`] for `n` beyond the stack's cells, a cell of another kind, or
+    /// biases the config does not have (or lacks ones it has); [`Error::Mismatch`] for other
+    /// sizes.
+    pub fn set_cell(&mut self, n: usize, cell: AnyCell<T>) -> Result<()> {
+        let count = self.cells.len();
+        let Some(slot) = self.cells.get_mut(n) else {
+            return Err(Error::Invalid {
+                arg: "n",
+                reason: format!("cell {n}, expected below {count} (the stack's cells)"),
+            });
+        };
+        check_cell(&self.config, n, &cell)?;
+        *slot = cell;
+        Ok(())
     }
     /// The cell of `layer` and `direction`.
     pub fn cell(&self, layer: usize, direction: usize) -> Option<&AnyCell<T>> {
@@ -656,5 +639,120 @@ impl<T: Real> Rnn<T> {
     /// Changes the outputs at padded steps.
     pub fn set_mask_semantics(&mut self, m: MaskSemantics) {
         self.config.mask_semantics = m;
+    }
+}
+
+/// Whether `c` can be cell `n` of a stack described by `config`: its kind, sizes and biases.
+fn check_cell<T: Real>(config: &RnnConfig, n: usize, c: &AnyCell<T>) -> Result<()> {
+    let l = n / config.directions();
+    if c.config() != config.cell {
+        return Err(Error::Invalid {
+            arg: "cells",
+            reason: format!(
+                "cell {n} is {:?}, the config says {:?}",
+                c.config(),
+                config.cell
+            ),
+        });
+    }
+    let w = c.weights();
+    for (arg, actual, expected) in [
+        (
+            "cells[k].input_size",
+            w.input_size(),
+            config.layer_input_size(l),
+        ),
+        ("cells[k].hidden_size", w.hidden_size(), config.hidden_size),
+    ] {
+        if actual != expected {
+            return Err(Error::Mismatch {
+                arg,
+                expected,
+                actual,
+            });
+        }
+    }
+    if w.has_bias() != config.use_bias {
+        return Err(Error::Invalid {
+            arg: "cells",
+            reason: format!(
+                "cell {n} {} biases, the config says use_bias = {}",
+                if w.has_bias() { "has" } else { "has no" },
+                config.use_bias
+            ),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lstm(i: usize, h: usize, bias: bool, seed: u64) -> Rnn<f32> {
+        let config = RnnConfig::new(CellConfig::Lstm(LstmKind::default()), i, h).use_bias(bias);
+        Rnn::random(config, seed).unwrap()
+    }
+
+    /// A replacement cell is checked as `Rnn::new` checks its cells; a refused one leaves the
+    /// stack as it was.
+    #[test]
+    fn set_cell_keeps_the_stack_consistent() {
+        let mut rnn = lstm(3, 4, true, 0);
+        let before = rnn.clone();
+        let other_size = lstm(5, 7, true, 1).cells()[0].clone();
+        assert!(matches!(
+            rnn.set_cell(0, other_size),
+            Err(Error::Mismatch {
+                arg: "cells[k].input_size",
+                expected: 3,
+                actual: 5
+            })
+        ));
+        let gru = Rnn::<f32>::random(RnnConfig::new(CellConfig::Gru(GruKind::default()), 3, 4), 2)
+            .unwrap()
+            .cells()[0]
+            .clone();
+        assert!(matches!(
+            rnn.set_cell(0, gru),
+            Err(Error::Invalid { arg: "cells", .. })
+        ));
+        let no_bias = lstm(3, 4, false, 3).cells()[0].clone();
+        assert!(matches!(
+            rnn.set_cell(0, no_bias),
+            Err(Error::Invalid { arg: "cells", .. })
+        ));
+        let same_shape = lstm(3, 4, true, 4).cells()[0].clone();
+        assert!(matches!(
+            rnn.set_cell(1, same_shape.clone()),
+            Err(Error::Invalid { arg: "n", .. })
+        ));
+        assert!(rnn == before, "a refused cell changed the stack");
+        rnn.set_cell(0, same_shape.clone()).unwrap();
+        assert!(rnn.cells()[0] == same_shape);
+    }
+
+    /// `params_mut` reaches every cell's parameters, in `Cell::params` order.
+    #[test]
+    fn params_mut_updates_the_weights_in_place() {
+        let mut rnn = lstm(3, 4, true, 0);
+        let lens: Vec<Vec<usize>> = rnn
+            .cells()
+            .iter()
+            .map(|c| c.params().iter().map(|p| p.data.len()).collect())
+            .collect();
+        for cell in rnn.params_mut() {
+            for p in cell {
+                p.fill(0.5);
+            }
+        }
+        for (cell, lens) in rnn.cells().iter().zip(&lens) {
+            let params = cell.params();
+            assert_eq!(
+                &params.iter().map(|p| p.data.len()).collect::<Vec<_>>(),
+                lens
+            );
+            assert!(params.iter().all(|p| p.data.iter().all(|&v| v == 0.5)));
+        }
     }
 }

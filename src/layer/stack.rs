@@ -5,9 +5,13 @@ use super::dropout::{self, Stream};
 use super::engine::{Dir, DropoutFix, Plan, SeqRef, row_offset, tape_parts};
 use super::{AnyCell, CellConfig, MaskSemantics, Merge, Rnn, RnnConfig, RunSpec};
 use crate::cell::Cell;
-use crate::error::{Error, Result, check_len, check_nonzero, checked_size};
+use crate::error::{Error, Result, check_len, check_nonzero, checked_size, try_filled};
 use crate::real::Real;
 use crate::seq::{GradMode, Layout};
+
+/// The dropout masks of one cell: on its inputs and on its recurrent state (`None`: no
+/// dropout there).
+pub type Masks<T> = (Option<Vec<T>>, Option<Vec<T>>);
 
 /// Gradients of a whole stack, from [`Rnn::bptt`].
 #[derive(Debug, Clone, PartialEq)]
@@ -23,11 +27,13 @@ pub struct RnnGrads<T> {
 
 impl<T: Real> RnnGrads<T> {
     /// Zero gradients for `rnn` over `spec`.
+    ///
+    /// Errors: those of the spec's sizes, and [`Error::Allocation`] for gradients too large.
     pub fn zeros(rnn: &Rnn<T>, spec: &RunSpec<'_>) -> Result<Self> {
         let d = Sizes::new(rnn, spec)?;
         Ok(Self {
-            dx: vec![T::ZERO; d.x_len],
-            d_initial_state: vec![T::ZERO; d.state_len],
+            dx: try_filled("dx", d.x_len, T::ZERO)?,
+            d_initial_state: try_filled("d_initial_state", d.state_len, T::ZERO)?,
             params: rnn.cells.iter().map(crate::cell::zero_grads).collect(),
         })
     }
@@ -399,56 +405,57 @@ impl<T: Real> Rnn<T> {
     }
 
     /// The dropout masks of cell `n` (training only).
-    fn masks(
-        &self,
-        n: usize,
-        b: usize,
-        seed: u64,
-        training: bool,
-    ) -> (Option<Vec<T>>, Option<Vec<T>>) {
+    fn masks(&self, n: usize, b: usize, seed: u64, training: bool) -> Result<Masks<T>> {
         let c = &self.config;
         if !training {
-            return (None, None);
+            return Ok((None, None));
         }
         let (layer, dir) = (n / c.directions(), n % c.directions());
-        (
+        Ok((
             dropout::mask(
+                "input mask",
                 seed,
                 Stream::Input { layer, dir },
-                b * c.layer_input_size(layer),
+                checked_size("input mask", &[b, c.layer_input_size(layer)])?,
                 c.dropout,
-            ),
+            )?,
             dropout::mask(
+                "recurrent mask",
                 seed,
                 Stream::Recurrent { layer, dir },
-                b * c.hidden_size,
+                checked_size("recurrent mask", &[b, c.hidden_size])?,
                 c.recurrent_dropout,
-            ),
-        )
+            )?,
+        ))
     }
 
     /// The dropout masks a training run with `seed` over `batch` sequences uses for cell `n`
     /// (`layer·D + direction`): `[B, I_layer]` on the inputs and `[B, H]` on the recurrent
     /// state, already scaled (`0` or `1 / (1 − p)`); `None` where the rate is 0.
-    pub fn dropout_masks(
-        &self,
-        seed: u64,
-        batch: usize,
-        n: usize,
-    ) -> (Option<Vec<T>>, Option<Vec<T>>) {
+    ///
+    /// Errors: [`Error::Invalid`] for a cell index `n` beyond the stack's; [`Error::Overflow`]
+    /// or [`Error::Allocation`] for masks too large.
+    pub fn dropout_masks(&self, seed: u64, batch: usize, n: usize) -> Result<Masks<T>> {
+        if n >= self.config.cell_count() {
+            return Err(Error::Invalid {
+                arg: "n",
+                reason: format!(
+                    "cell {n}, expected below {} (the stack's cells)",
+                    self.config.cell_count()
+                ),
+            });
+        }
         self.masks(n, batch, seed, true)
     }
 
     /// The inter-layer dropout mask on layer `layer`'s merged output `[T, B, W]` in a training
     /// run with `seed` (`None` when the rate is 0), in the order the next layer consumes the
     /// steps (processing order of a `go_backwards` layer).
-    pub fn between_mask(&self, seed: u64, layer: usize, len: usize) -> Option<Vec<T>> {
+    ///
+    /// Errors: [`Error::Allocation`] for a mask too large.
+    pub fn between_mask(&self, seed: u64, layer: usize, len: usize) -> Result<Option<Vec<T>>> {
         let p = self.config.inter_layer_dropout;
-        (p > 0.0).then(|| {
-            (0..len as u64)
-                .map(|k| dropout::keep::<T>(seed, Stream::Between { layer }, k, p))
-                .collect()
-        })
+        dropout::mask("len", seed, Stream::Between { layer }, len, p)
     }
 
     /// `[S, B, H]` of cell `n` from a `[S, L·D, B, H]` buffer.
@@ -488,7 +495,7 @@ impl<T: Real> Rnn<T> {
         let (t, b, h, dn) = (z.t, z.b, z.h, z.d);
         let training = tape.is_some();
         let w = c.merged_width();
-        let zeros = vec![T::ZERO; z.state_len];
+        let zeros = try_filled("initial_state", z.state_len, T::ZERO)?;
         let initial = initial_state.unwrap_or(&zeros);
         // Training: every buffer lives in the tape. Inference: per-layer buffers.
         let mut local: Vec<Vec<T>> = if tape.is_some() {
@@ -501,12 +508,12 @@ impl<T: Real> Rnn<T> {
                     // Only outputs, final states and merged sequences are needed.
                     let kk = k % (5 * dn + 1);
                     if kk == 5 * dn || kk % 5 >= 3 {
-                        vec![T::ZERO; n]
+                        try_filled("y", n, T::ZERO)
                     } else {
-                        Vec::new()
+                        Ok(Vec::new())
                     }
                 })
-                .collect()
+                .collect::<Result<_>>()?
         };
         let mut parts: Vec<&mut [T]> = match tape {
             Some(tp) => split_mut(&mut tp[..z.tape_len()], &z.parts),
@@ -538,7 +545,7 @@ impl<T: Real> Rnn<T> {
             let (layer_parts, after) = from_layer.split_at_mut(5 * dn);
             for (dir, chunk) in layer_parts.chunks_mut(5).enumerate() {
                 let n = l * dn + dir;
-                let masks = self.masks(n, b, spec.seed, training);
+                let masks = self.masks(n, b, spec.seed, training)?;
                 let engine = self.dir(n, &plan, &masks);
                 let init = self.state_of(initial, n, b);
                 let [p0, p1, p2, p3, p4] = chunk else {
@@ -552,7 +559,7 @@ impl<T: Real> Rnn<T> {
                 } else {
                     None
                 };
-                engine.forward(&input, &init, p3, p4, rec);
+                engine.forward(&input, &init, p3, p4, rec)?;
                 if !plan.full && carries_output(c, dir, rs_l) {
                     for k in 0..b {
                         let (bb, len) = (plan.order[k], plan.lens[k]);
@@ -681,7 +688,7 @@ impl<T: Real> Rnn<T> {
         let (t, b, h, dn, s_count) = (z.t, z.b, z.h, z.d, z.s);
         let w = c.merged_width();
         let parts = split_ref(&tape[..z.tape_len()], &z.parts);
-        let zeros = vec![T::ZERO; z.state_len];
+        let zeros = try_filled("initial_state", z.state_len, T::ZERO)?;
         let initial = initial_state.unwrap_or(&zeros);
         let lens = lengths_by_row(&plan);
         grads.dx.fill(T::ZERO);
@@ -693,7 +700,7 @@ impl<T: Real> Rnn<T> {
         let wo = if planes == 2 { h } else { w };
         // Row width of d_merged: both planes side by side for an unmerged last layer.
         let mut wcur = if planes == 2 { 2 * h } else { w };
-        let mut d_merged = vec![T::ZERO; t * b * wcur];
+        let mut d_merged = try_filled("dy", t * b * wcur, T::ZERO)?;
         let mut d_last: Vec<Vec<T>> = vec![vec![T::ZERO; b * h]; dn];
         {
             let fins: Vec<&[T]> = (0..dn).map(|d| parts[z.part(last, d, 4)]).collect();
@@ -747,7 +754,9 @@ impl<T: Real> Rnn<T> {
             let rs_l = l + 1 < z.l || c.return_sequences;
             let il = c.layer_input_size(l);
             // ∂L/∂ each direction's output sequence.
-            let mut dydirs: Vec<Vec<T>> = vec![vec![T::ZERO; t * b * h]; dn];
+            let mut dydirs: Vec<Vec<T>> = (0..dn)
+                .map(|_| try_filled("dy", t * b * h, T::ZERO))
+                .collect::<Result<_>>()?;
             if rs_l {
                 let ydirs: Vec<&[T]> = (0..dn).map(|d| parts[z.part(l, d, 3)]).collect();
                 for s in 0..t {
@@ -771,11 +780,11 @@ impl<T: Real> Rnn<T> {
             let mut d_input = if l == 0 {
                 Vec::new()
             } else {
-                vec![T::ZERO; t * b * il]
+                try_filled("dx", t * b * il, T::ZERO)?
             };
             for dir in 0..dn {
                 let n = l * dn + dir;
-                let masks = self.masks(n, b, spec.seed, true);
+                let masks = self.masks(n, b, spec.seed, true)?;
                 let engine = self.dir(n, &plan, &masks);
                 let mut d_fin = match d_final_state {
                     Some(g) => self.state_of(g, n, b),
@@ -834,7 +843,7 @@ impl<T: Real> Rnn<T> {
                     dx,
                     &mut d_init,
                     &mut grads.params[n],
-                );
+                )?;
                 self.put_state(&mut grads.d_initial_state, n, b, &d_init);
             }
             if l > 0 {

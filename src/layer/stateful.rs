@@ -46,7 +46,7 @@
 use std::ops::Range;
 
 use super::{Rnn, RnnGrads, RunSpec};
-use crate::error::{Error, Result, check_len, check_nonzero};
+use crate::error::{Error, Result, check_len, check_nonzero, try_filled};
 use crate::real::Real;
 use crate::seq::{GradMode, Layout};
 
@@ -68,16 +68,17 @@ impl<T: Real> StatefulRnn<T> {
     /// `rnn` over `batch` sequences (the batch is fixed, as for a stateful Keras layer), from
     /// zero states.
     ///
-    /// Errors: [`Error::Zero`] for a zero batch; [`Error::Overflow`].
+    /// Errors: [`Error::Zero`] for a zero batch; [`Error::Overflow`] or [`Error::Allocation`]
+    /// for states too large.
     pub fn new(rnn: Rnn<T>, batch: usize) -> Result<Self> {
         check_nonzero("batch", batch)?;
         let n = rnn.state_len(batch)?;
         Ok(Self {
             rnn,
             batch,
-            state: vec![T::ZERO; n],
-            previous: vec![T::ZERO; n],
-            spare: vec![T::ZERO; n],
+            state: try_filled("state", n, T::ZERO)?,
+            previous: try_filled("state", n, T::ZERO)?,
+            spare: try_filled("state", n, T::ZERO)?,
         })
     }
     /// The stack.
@@ -365,9 +366,9 @@ impl<T: Real> Rnn<T> {
             if let Some(l) = &lengths {
                 sp = sp.lengths(l);
             }
-            let mut y = vec![T::ZERO; self.y_len(&sp)?];
-            let mut fin = vec![T::ZERO; state_len];
-            let mut tape = vec![T::ZERO; self.tape_len(&sp)?];
+            let mut y = try_filled("y", self.y_len(&sp)?, T::ZERO)?;
+            let mut fin = try_filled("final_state", state_len, T::ZERO)?;
+            let mut tape = try_filled("tape", self.tape_len(&sp)?, T::ZERO)?;
             self.forward_train(
                 &sp,
                 rows(x, range, bi),
