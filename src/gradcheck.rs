@@ -29,7 +29,7 @@
 use std::fmt;
 
 use crate::cell::Cell;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::seq::{self, SeqSpec};
 
 /// Settings of a gradient check.
@@ -112,6 +112,9 @@ impl fmt::Display for GradcheckReport {
 
 /// Checks the BPTT gradients of `cell` over `x` (shaped by `spec`) from `initial_state`
 /// (`[S, B, H]`; zeros when `None`, and the gradient is still checked at the zero state).
+///
+/// Errors: [`Error::Invalid`] for a step or floor that is not a finite number above 0; those of
+/// [`seq::forward`] and [`seq::bptt`].
 pub fn gradcheck<C: Cell<f64> + Clone>(
     cell: &C,
     spec: &SeqSpec,
@@ -119,6 +122,17 @@ pub fn gradcheck<C: Cell<f64> + Clone>(
     initial_state: Option<&[f64]>,
     options: &GradcheckOptions,
 ) -> Result<GradcheckReport> {
+    for (arg, v) in [
+        ("options.step", options.step),
+        ("options.floor", options.floor),
+    ] {
+        if !(v.is_finite() && v > 0.0) {
+            return Err(Error::Invalid {
+                arg,
+                reason: format!("{v}, expected a finite number above 0"),
+            });
+        }
+    }
     let out = seq::forward(cell, spec, x, initial_state)?;
     let mut rng = options.seed;
     let dy: Vec<f64> = (0..out.y.len()).map(|_| symmetric(&mut rng)).collect();

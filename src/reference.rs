@@ -43,7 +43,7 @@ use nalgebra::{DMatrix, DVector};
 use crate::activation::Activation;
 use crate::cell::{CellKind, GruKind, LstmKind, Recurrent, SimpleRnnKind};
 use crate::dim::Dim;
-use crate::error::{Error, Result, check_len};
+use crate::error::{Error, Result, check_len, checked_size};
 use crate::real::Real;
 
 /// Which cell the reference runs, with its activations.
@@ -151,9 +151,17 @@ impl RefCell {
         recurrent_kernel: &[f64],
         biases: Option<(&[f64], &[f64])>,
     ) -> Result<Self> {
-        let gh = kind.gates() * hidden;
-        check_len("kernel", kernel.len(), input * gh)?;
-        check_len("recurrent_kernel", recurrent_kernel.len(), hidden * gh)?;
+        let gh = checked_size("hidden", &[kind.gates(), hidden])?;
+        check_len(
+            "kernel",
+            kernel.len(),
+            checked_size("kernel", &[input, gh])?,
+        )?;
+        check_len(
+            "recurrent_kernel",
+            recurrent_kernel.len(),
+            checked_size("recurrent_kernel", &[hidden, gh])?,
+        )?;
         let (bias, recurrent_bias) = match biases {
             Some((b, u)) => {
                 check_len("bias", b.len(), gh)?;
@@ -214,7 +222,7 @@ impl RefCell {
         if self.hidden == 0 {
             return Err(Error::Zero { arg: "hidden" });
         }
-        let gh = self.kind.gates() * self.hidden;
+        let gh = checked_size("hidden", &[self.kind.gates(), self.hidden])?;
         let shape = |arg, m: &DMatrix<f64>, rows: usize| {
             expect_dim(arg, m.nrows(), rows)?;
             expect_dim(arg, m.ncols(), gh)
@@ -389,13 +397,18 @@ pub fn backward(
 ) -> Result<RefGrads> {
     let seq = Sequences::new(cell, x, t, b, initial, go_backwards)?;
     let (i, h, s) = (cell.input, cell.hidden, cell.states());
-    check_len(
-        "dy",
-        dy.len(),
-        if return_sequences { t * b * h } else { b * h },
-    )?;
+    let y_shape: &[usize] = if return_sequences {
+        &[t, b, h]
+    } else {
+        &[b, h]
+    };
+    check_len("dy", dy.len(), checked_size("dy", y_shape)?)?;
     if let Some(d) = d_final_state {
-        check_len("d_final_state", d.len(), s * b * h)?;
+        check_len(
+            "d_final_state",
+            d.len(),
+            checked_size("d_final_state", &[s, b, h])?,
+        )?;
     }
     let mut grads = RefGrads {
         dx: vec![0.0; t * b * i],
@@ -594,9 +607,13 @@ impl<'a> Sequences<'a> {
             return Err(Error::Zero { arg: "batch" });
         }
         let (i, h, s) = (cell.input, cell.hidden, cell.states());
-        check_len("x", x.len(), t * b * i)?;
+        check_len("x", x.len(), checked_size("x", &[t, b, i])?)?;
         if let Some(init) = initial {
-            check_len("initial_state", init.len(), s * b * h)?;
+            check_len(
+                "initial_state",
+                init.len(),
+                checked_size("initial_state", &[s, b, h])?,
+            )?;
         }
         Ok(Self {
             x,
@@ -1286,16 +1303,24 @@ pub fn stack_forward(
     dropout: Option<&RefDropout>,
 ) -> Result<RefRun> {
     let d_count = if stack.bidirectional { 2 } else { 1 };
-    let ld = stack.layers * d_count;
+    let ld = checked_size("layers", &[stack.layers, d_count])?;
     check_len("cells", stack.cells.len(), ld)?;
     check_len("lengths", lengths.len(), b)?;
     for c in &stack.cells {
         c.validate()?;
     }
     let (h, s) = (stack.cells[0].hidden, stack.cells[0].states());
-    check_len("x", x.len(), t * b * stack.cells[0].input)?;
+    check_len(
+        "x",
+        x.len(),
+        checked_size("x", &[t, b, stack.cells[0].input])?,
+    )?;
     if let Some(init) = initial {
-        check_len("initial_state", init.len(), s * ld * b * h)?;
+        check_len(
+            "initial_state",
+            init.len(),
+            checked_size("initial_state", &[s, ld, b, h])?,
+        )?;
     }
     if stack.go_backwards && stack.layers > 1 && lengths.iter().any(|&n| n != t) {
         return Err(Error::Invalid {
@@ -1480,7 +1505,7 @@ pub fn stack_tbptt_objective(
     crate::error::check_nonzero("k2", k2)?;
     let i = live.stack.cells[0].input;
     let h = live.stack.cells[0].hidden;
-    check_len("dy", dy.len(), t * b * h)?;
+    check_len("dy", dy.len(), checked_size("dy", &[t, b, h])?)?;
     let clip = |from: usize, to: usize| -> Vec<usize> {
         lengths
             .iter()

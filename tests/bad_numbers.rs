@@ -411,6 +411,21 @@ fn absurd_dimensions_are_rejected_before_allocation() {
         rnn.dropout_masks(0, 2, 2),
         Err(Error::Invalid { arg: "n", .. })
     ));
+    // The reference implementation: sizes whose products overflow.
+    use fused_rnn::reference::{self, RefCell, RefKind};
+    let lstm = RefKind::Lstm {
+        activation: Activation::Tanh,
+        recurrent_activation: Activation::Sigmoid,
+    };
+    assert!(matches!(
+        RefCell::from_row_major(lstm, 1, 1 << 62, &[], &[], None),
+        Err(Error::Overflow { .. })
+    ));
+    let small = RefCell::from_row_major(lstm, 1, 1, &[0.0; 4], &[0.0; 4], None).unwrap();
+    assert!(matches!(
+        reference::forward(&small, &[], 1 << 62, 4, None, false, true),
+        Err(Error::Overflow { arg: "x" })
+    ));
     let largest = LARGEST.load(Ordering::Relaxed);
     println!("largest successful allocation: {largest} bytes");
     assert!(

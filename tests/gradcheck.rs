@@ -246,3 +246,36 @@ fn catches_a_wrong_gradient() {
         ("recurrent_kernel", 5)
     );
 }
+
+/// A step or floor that is not a finite number above 0 is refused by name (a zero step used to
+/// give a report whose errors were NaN).
+#[test]
+fn unusable_steps_and_floors_are_errors() {
+    let cell = DynLstm::<f64>::random(Dyn(2), Dyn(3), LstmKind::default(), true, 1).unwrap();
+    let spec = SeqSpec::new(2, 1);
+    let x = inputs(4, 0.3);
+    for v in [0.0, -1e-3, f64::NAN, f64::INFINITY] {
+        for (arg, options) in [
+            (
+                "options.step",
+                GradcheckOptions {
+                    step: v,
+                    ..GradcheckOptions::default()
+                },
+            ),
+            (
+                "options.floor",
+                GradcheckOptions {
+                    floor: v,
+                    ..GradcheckOptions::default()
+                },
+            ),
+        ] {
+            let e = gradcheck(&cell, &spec, &x, None, &options).unwrap_err();
+            assert!(
+                matches!(e, Error::Invalid { arg: a, .. } if a == arg),
+                "{v}: {e}"
+            );
+        }
+    }
+}

@@ -159,7 +159,7 @@ pub fn from_tensors<T: Real>(
             arg: "tensors",
             reason: format!("missing tensor `{name}`"),
         })?;
-        if s != shape || v.len() != shape.iter().product::<usize>() {
+        if s != shape || Some(v.len()) != shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)) {
             return Err(Error::Invalid {
                 arg: "tensors",
                 reason: format!(
