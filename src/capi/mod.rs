@@ -3,8 +3,11 @@
 //! module); `docs/C_API.md` is the guide.
 //!
 //! # Conventions
-//! - Every function returns an [`FrnnStatus`]; on failure [`frnn_last_error_message`] gives a
-//!   message naming the argument, what was expected and what was given (thread-local).
+//! - Every function returns an [`FrnnStatus`], except [`frnn_version`], [`frnn_status_name`]
+//!   and [`frnn_last_error_message`], which return a static or library-owned NUL-terminated
+//!   string (`const char *`), and [`frnn_rnn_desc_destroy`], which returns nothing. On failure
+//!   [`frnn_last_error_message`] gives a message naming the argument, what was expected and
+//!   what was given (thread-local).
 //! - Buffers are passed as [`FrnnTensor`] / [`FrnnTensorMut`]: a pointer and a length in
 //!   *elements* of the descriptor's dtype. Lengths must match exactly, except the reserve and
 //!   the workspace, which may be longer than needed. An optional buffer is absent when its
