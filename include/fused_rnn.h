@@ -458,36 +458,6 @@ enum FrnnStatus frnn_backward(const struct FrnnRnnDesc *desc,
                               uint32_t mode,
                               struct FrnnTensorMut workspace);
 
-extern void cblas_sgemm(int32_t layout,
-                        int32_t trans_a,
-                        int32_t trans_b,
-                        int32_t m,
-                        int32_t n,
-                        int32_t k,
-                        float alpha,
-                        const float *a,
-                        int32_t lda,
-                        const float *b,
-                        int32_t ldb,
-                        float beta,
-                        float *c,
-                        int32_t ldc);
-
-extern void cblas_dgemm(int32_t layout,
-                        int32_t trans_a,
-                        int32_t trans_b,
-                        int32_t m,
-                        int32_t n,
-                        int32_t k,
-                        double alpha,
-                        const double *a,
-                        int32_t lda,
-                        const double *b,
-                        int32_t ldb,
-                        double beta,
-                        double *c,
-                        int32_t ldc);
-
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus
