@@ -633,8 +633,13 @@ def report(res, json_path, args):
     w("Everything, from a fresh checkout (add `--setup-venv DIR` to create a Python environment "
       "first, with `pip install torch tensorflow-cpu onnx onnxruntime matplotlib`):")
     w("")
+    # run.sh takes compare.py's own arguments (and `--python PY`, which it passes on), so the
+    # run's arguments reproduce it, `--doc` included: without it a run writes docs/PERFORMANCE.md.
+    run_argv = list(st["argv"])
+    if not any(a == "--threads" or a.startswith("--threads=") for a in run_argv):
+        run_argv = ["--threads", str(st["threads"])] + run_argv
     w("```sh")
-    w(f"benches/peers/run.sh --threads {st['threads']}")
+    w(f"benches/peers/run.sh {' '.join(shlex.quote(a) for a in run_argv)}")
     w("```")
     w("")
     w("which amounts to:")
@@ -646,9 +651,14 @@ def report(res, json_path, args):
     w("```")
     w("")
     el = res.get("elapsed_s", 0)
+    rebuild = ["--report-from", rel(json_path)]
+    if os.path.abspath(doc) != os.path.join(ROOT, "docs", "PERFORMANCE.md"):
+        rebuild += ["--doc", rel(doc)]
+    if args.plot:
+        rebuild += ["--plot", rel(args.plot)]
     w(f"This run took {el / 60:.1f} min. Raw results (every round of every side): "
       f"`{rel(json_path)}` (not committed). The document alone can be rebuilt from them with "
-      f"`python benches/peers/compare.py --report-from {rel(json_path)}`.")
+      f"`python benches/peers/compare.py {' '.join(shlex.quote(a) for a in rebuild)}`.")
     w("")
     w("## Method")
     w("")
