@@ -12,6 +12,8 @@
 //!   against, public for users who check their own work.
 //! - [`gradcheck`](mod@gradcheck): central finite differences for any [`Cell`].
 //! - [`layout`]: Keras, PyTorch and ONNX weight layouts.
+//! - [`layer`]: stacked and bidirectional layers over the cells — masks and variable lengths,
+//!   dropout, stateful runs, truncated BPTT — and whole-model safetensors I/O ([`layer::io`]).
 //! - [`capi`]: the C ABI (`include/fused_rnn.h`, `docs/C_API.md`); the crate also builds as
 //!   `cdylib` and `staticlib`.
 //!
@@ -40,9 +42,13 @@
 //! BPTT's state gradient runs on the
 //! transposed weights packed the same way. `f64` runs the portable code compiled
 //! for the selected instruction set. The `f32` input projection over all `T·B` rows runs on
-//! the input kernel packed once the same way (on AVX-512 BF16 in bfloat16 inference); the other
-//! large products over all `T·B` rows, and those in `f64`, go through `matrixmultiply`, which
-//! dispatches on the CPU itself.
+//! the input kernel packed once the same way (on AVX-512 BF16 in bfloat16 inference), and on
+//! the SIMD backends the other large `f32` products over all `T·B` rows (BPTT's input, kernel
+//! and recurrent-kernel gradients) run on the same product kernel, their right operand packed
+//! once per product. Those products in `f64`, and all of them on the `scalar` backend, go
+//! through `matrixmultiply`, which dispatches on the CPU itself. With the opt-in `openblas`
+//! feature the system's OpenBLAS runs the products that would go through `matrixmultiply` or
+//! the `f32` product kernel; the packed `f32` projection stays.
 //!
 //! ## GPU backend
 //!

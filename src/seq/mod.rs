@@ -77,9 +77,10 @@ pub struct SeqSpec {
     /// cache. The input projection is split by rows.
     /// In backpropagation the products over all `T·B` rows are split by blocks of their result,
     /// and the reverse step loop by blocks of batch rows where the cell allows it
-    /// ([`Cell::backward_row_parts`]: built-in LSTM and SimpleRNN). Results do not depend on the
-    /// thread count. The extra threads are workers kept between calls, which spin for 200 µs
-    /// after each job before they sleep.
+    /// ([`Cell::backward_row_parts`]: built-in LSTM, SimpleRNN and reset-after GRU, blocks of at
+    /// least 8 rows), otherwise each step by 16-unit tiles ([`Cell::backward_unit_parts`], the
+    /// same cells). Results do not depend on the thread count. The extra threads are workers
+    /// kept between calls, which spin for 200 µs after each job before they sleep.
     pub threads: usize,
 }
 
