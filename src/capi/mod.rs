@@ -485,9 +485,8 @@ pub unsafe extern "C" fn frnn_get_weight_tensor_lens(
                 },
             )
         }?;
-        out.data
-            .ok_or_else(|| CallError::null("out"))?
-            .copy_from_slice(&lens);
+        let apart = check_disjoint(&out.span.into_iter().collect::<Vec<_>>(), &[])?;
+        out.required("out", &apart)?.copy_from_slice(&lens);
         Ok(())
     })
 }
@@ -547,10 +546,10 @@ unsafe fn set_weights<T: Real>(
         .into_iter()
         .flatten()
         .collect();
-    check_disjoint(&ws.span.into_iter().collect::<Vec<_>>(), &spans)?;
-    let ws = ws.data.ok_or_else(|| CallError::null("weight_space"))?;
+    let apart = check_disjoint(&ws.span.into_iter().collect::<Vec<_>>(), &spans)?;
+    let ws = ws.required("weight_space", &apart)?;
     let src = SrcTensors {
-        tensors: [a.data, b.data, c.data, e.data],
+        tensors: [a, b, c, e].map(|t| t.data(&apart)),
     };
     d.set_weights(format, layer, direction, &src, ws)
 }
@@ -645,10 +644,10 @@ unsafe fn get_weights<T: Real>(
         .into_iter()
         .flatten()
         .collect();
-    check_disjoint(&outs, &ws.span.into_iter().collect::<Vec<_>>())?;
-    let ws = ws.required(arg)?;
+    let apart = check_disjoint(&outs, &ws.span.into_iter().collect::<Vec<_>>())?;
+    let ws = ws.required(arg, &apart)?;
     let dst = DstTensors {
-        tensors: [a.data, b.data, c.data, e.data],
+        tensors: [a, b, c, e].map(|t| t.into_data(&apart)),
     };
     d.get_weights(format, layer, direction, ws, grads, dst)
 }
@@ -770,28 +769,28 @@ unsafe fn forward<T: Real>(d: &Desc, spec: &crate::seq::SeqSpec, b: Fwd) -> Call
     .flatten()
     .collect();
     let ins: Vec<_> = [w.span, x.span, hx.span].into_iter().flatten().collect();
-    check_disjoint(&outs, &ins)?;
+    let apart = check_disjoint(&outs, &ins)?;
     let sizes = d.io_sizes(spec)?;
     check_workspace(&ws, sizes.workspace)?;
     let reserve = match reserve {
-        Some(r) => Some(r.data.ok_or_else(|| CallError::null("reserve"))?),
+        Some(r) => Some(r.required("reserve", &apart)?),
         None => None,
     };
     d.forward(
         spec,
         ForwardBuffers {
-            weights: w.required("weight_space")?,
-            x: x.required("x")?,
-            hx: hx.data,
-            y: y.data.ok_or_else(|| CallError::null("y"))?,
-            hy: hy.data,
+            weights: w.required("weight_space", &apart)?,
+            x: x.required("x", &apart)?,
+            hx: hx.data(&apart),
+            y: y.required("y", &apart)?,
+            hy: hy.into_data(&apart),
             reserve,
         },
     )
 }
 
 fn check_workspace<T>(ws: &raw::Out<'_, T>, need: usize) -> CallResult<()> {
-    let len = ws.data.as_ref().map_or(0, |w| w.len());
+    let len = ws.len();
     if len < need {
         return Err(crate::Error::Length {
             arg: "workspace",
@@ -1000,28 +999,28 @@ unsafe fn backward<T: Real>(d: &Desc, spec: &crate::seq::SeqSpec, b: Bwd) -> Cal
         .into_iter()
         .flatten()
         .collect();
-    check_disjoint(&outs, &ins)?;
+    let apart = check_disjoint(&outs, &ins)?;
     let sizes = d.io_sizes(spec)?;
     check_workspace(&ws, sizes.workspace)?;
     let dx = match dx {
-        Some(o) => Some(o.data.ok_or_else(|| CallError::null("dx"))?),
+        Some(o) => Some(o.required("dx", &apart)?),
         None => None,
     };
     let dw = match dw {
-        Some(o) => Some(o.data.ok_or_else(|| CallError::null("dw"))?),
+        Some(o) => Some(o.required("dw", &apart)?),
         None => None,
     };
     d.backward(
         spec,
         BackwardBuffers {
-            weights: w.required("weight_space")?,
-            x: x.required("x")?,
-            hx: hx.data,
-            reserve: reserve.required("reserve")?,
-            dy: dy.required("dy")?,
-            dhy: dhy.data,
+            weights: w.required("weight_space", &apart)?,
+            x: x.required("x", &apart)?,
+            hx: hx.data(&apart),
+            reserve: reserve.required("reserve", &apart)?,
+            dy: dy.required("dy", &apart)?,
+            dhy: dhy.data(&apart),
             dx,
-            dhx: dhx.data,
+            dhx: dhx.into_data(&apart),
             dw,
             mode,
         },

@@ -3,6 +3,7 @@
 //!
 //! Every `unsafe` operation of the C ABI is in this file.
 
+use std::marker::PhantomData;
 use std::cell::RefCell;
 use std::ffi::{CString, c_char};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -137,8 +138,10 @@ fn check_buffer<T>(arg: &'static str, ptr: usize, len: usize) -> CallResult<Opti
 }
 
 /// Fails when any output span overlaps any other span (outputs are written while the other
-/// buffers are read, and Rust's aliasing rules forbid the overlap).
-pub(crate) fn check_disjoint(outputs: &[Span], inputs: &[Span]) -> CallResult<()> {
+/// buffers are read, and Rust's aliasing rules forbid the overlap). The [`Disjoint`] it returns
+/// is what the call's buffers ask for before they become slices, so no slice exists before
+/// the check.
+pub(crate) fn check_disjoint(outputs: &[Span], inputs: &[Span]) -> CallResult<Disjoint> {
     for (k, o) in outputs.iter().enumerate() {
         let others = outputs.iter().skip(k + 1).chain(inputs);
         for other in others {
@@ -150,57 +153,94 @@ pub(crate) fn check_disjoint(outputs: &[Span], inputs: &[Span]) -> CallResult<()
             }
         }
     }
-    Ok(())
+    Ok(Disjoint(()))
 }
 
-/// A caller's read-only buffer, checked; `None` when absent.
+/// Proof that [`check_disjoint`] found a call's outputs apart from each other and from its
+/// inputs.
+pub(crate) struct Disjoint(());
+
+/// A caller's read-only buffer, checked (pointer, alignment, extent); a slice only once the
+/// call's buffers are known apart ([`In::data`]).
 pub(crate) struct In<'a, T> {
-    pub data: Option<&'a [T]>,
+    ptr: *const T,
+    len: usize,
+    /// Where it lies; `None` when absent.
     pub span: Option<Span>,
+    life: PhantomData<&'a [T]>,
 }
 
-/// A caller's writable buffer, checked; `None` when absent.
+/// A caller's writable buffer, checked as [`In`].
 pub(crate) struct Out<'a, T> {
-    pub data: Option<&'a mut [T]>,
+    ptr: *mut T,
+    len: usize,
+    /// Where it lies; `None` when absent.
     pub span: Option<Span>,
+    life: PhantomData<&'a mut [T]>,
 }
 
 impl<'a, T> In<'a, T> {
+    /// The buffer; `None` when absent.
+    pub fn data(&self, _apart: &Disjoint) -> Option<&'a [T]> {
+        self.span.map(|_| {
+            // SAFETY: non-null and aligned, the byte length fits in `isize` and in the address
+            // space (`check_buffer`); valid for `'a` and not written by anyone else (the
+            // contract of `input`); no output slice of the call overlaps it (`Disjoint`).
+            unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+        })
+    }
     /// The buffer, or [`FrnnStatus::NullPointer`] when it is required but absent.
-    pub fn required(&self, arg: &str) -> CallResult<&'a [T]> {
-        self.data.ok_or_else(|| CallError::null(arg))
+    pub fn required(&self, arg: &str, apart: &Disjoint) -> CallResult<&'a [T]> {
+        self.data(apart).ok_or_else(|| CallError::null(arg))
     }
 }
 
-/// A read-only C buffer as a slice.
+impl<'a, T> Out<'a, T> {
+    /// Elements the buffer holds (0 when absent).
+    pub fn len(&self) -> usize {
+        self.span.map_or(0, |_| self.len)
+    }
+    /// The buffer; `None` when absent. Consumes the handle, so that one slice at most exists.
+    pub fn into_data(self, _apart: &Disjoint) -> Option<&'a mut [T]> {
+        self.span.map(|_| {
+            // SAFETY: as in `In::data`; exclusive for `'a` (the contract of `output`), and this
+            // is the only slice made of it (`self` is consumed).
+            unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+        })
+    }
+    /// The buffer, or [`FrnnStatus::NullPointer`] when it is required but absent.
+    pub fn required(self, arg: &str, apart: &Disjoint) -> CallResult<&'a mut [T]> {
+        self.into_data(apart).ok_or_else(|| CallError::null(arg))
+    }
+}
+
+/// A read-only C buffer, checked; a slice of it comes from [`In::data`].
 ///
 /// # Safety
 /// When `t.data` is not null it must point to `t.len` initialised elements of `T` that stay
 /// valid and are not written by anyone else for `'a`.
 pub(crate) unsafe fn input<'a, T>(arg: &'static str, t: FrnnTensor) -> CallResult<In<'a, T>> {
-    let span = check_buffer::<T>(arg, t.data as usize, t.len)?;
-    let data = span.map(|_| {
-        // SAFETY: the pointer is non-null and aligned, the byte length fits in `isize` and in
-        // the address space (checked above); validity for `len` elements is the caller's
-        // contract.
-        unsafe { std::slice::from_raw_parts(t.data as *const T, t.len) }
-    });
-    Ok(In { data, span })
+    Ok(In {
+        span: check_buffer::<T>(arg, t.data as usize, t.len)?,
+        ptr: t.data.cast(),
+        len: t.len,
+        life: PhantomData,
+    })
 }
 
-/// A writable C buffer as a slice.
+/// A writable C buffer, checked; a slice of it comes from [`Out::into_data`].
 ///
 /// # Safety
 /// When `t.data` is not null it must point to `t.len` initialised elements of `T`, writable,
 /// valid for `'a` and not accessed through any other pointer meanwhile (overlap with the
-/// call's other buffers is checked separately by [`check_disjoint`] before use).
+/// call's other buffers is checked by [`check_disjoint`] before any slice is made).
 pub(crate) unsafe fn output<'a, T>(arg: &'static str, t: FrnnTensorMut) -> CallResult<Out<'a, T>> {
-    let span = check_buffer::<T>(arg, t.data as usize, t.len)?;
-    let data = span.map(|_| {
-        // SAFETY: as in `input`, and the caller guarantees exclusive access for `'a`.
-        unsafe { std::slice::from_raw_parts_mut(t.data as *mut T, t.len) }
-    });
-    Ok(Out { data, span })
+    Ok(Out {
+        span: check_buffer::<T>(arg, t.data as usize, t.len)?,
+        ptr: t.data.cast(),
+        len: t.len,
+        life: PhantomData,
+    })
 }
 
 /// Writes `value` through an out-pointer.

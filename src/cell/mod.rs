@@ -144,9 +144,15 @@ pub struct StepBackward<'a, T> {
 ///
 /// Cells are `Sync`: the engine may run parts of one step on several threads
 /// ([`Cell::max_parts`]). Sizes are per batch row and must not change while the engine holds
-/// the cell. Parameter
-/// gradients are always *accumulated* (`+=`) into `grads`, which has one buffer per entry of
-/// [`Cell::params`], same order and length.
+/// the cell. Parameter gradients are always *accumulated* (`+=`) into `grads`, which has one
+/// buffer per entry of [`Cell::params`], same order and length.
+///
+/// The step, projection and gradient methods are hooks the engine ([`crate::seq`],
+/// [`crate::layer`]) calls with buffers it has sized and a [`Part`] it has formed from the
+/// cell's own answers; they return nothing, so they cannot report bad arguments. Called
+/// directly with buffers of other lengths, or a `Part` with `count == 0`, the built-in cells
+/// panic (every access is bounds-checked: never undefined behaviour). Programs run cells
+/// through the engine, which checks every length and returns typed errors.
 pub trait Cell<T: Real>: Sync {
     /// Input width `I`.
     fn input_size(&self) -> usize;

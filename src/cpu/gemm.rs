@@ -65,9 +65,14 @@ impl<'a, T> Mat<'a, T> {
             ld: cols,
         }
     }
-    /// Whether every element lies inside `data`.
+    /// Whether every element lies inside `data` (in arithmetic that cannot wrap).
     fn fits(&self, len: usize) -> bool {
-        self.rows == 0 || self.cols == 0 || (self.rows - 1) * self.ld + self.cols <= len
+        self.rows == 0
+            || self.cols == 0
+            || (self.rows - 1)
+                .checked_mul(self.ld)
+                .and_then(|start| start.checked_add(self.cols))
+                .is_some_and(|end| end <= len)
     }
 }
 
@@ -178,6 +183,8 @@ fn product<T: Real>(
         a.fits(a.data.len()) && b.fits(b.data.len()) && cv.fits(c.len()),
         "gemm bounds"
     );
+    // Rows of `c` that do not overlap: the threads below write blocks of them at once.
+    assert!(c_rows <= 1 || ldc >= c_cols, "gemm ldc");
     if m == 0 || n == 0 {
         return add_column_sums(sums, b, op_b);
     }
@@ -219,7 +226,8 @@ fn product<T: Real>(
         let (pa, pb, pc) = ptrs.get();
         // SAFETY: the assertions above bound every index the strides address inside the three
         // slices, and the block's offsets stay inside them (`rows` ⊆ 0..m, `cols` ⊆ 0..n); `c`
-        // is borrowed mutably, so it aliases neither `a` nor `b`.
+        // is borrowed mutably, so it aliases neither `a` nor `b`; with `ldc ≥ n` (asserted)
+        // the blocks of different threads share no element of `c`.
         unsafe {
             T::gemm_raw(
                 rows.len(),

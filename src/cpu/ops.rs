@@ -61,7 +61,12 @@ pub trait RowOps<T: Real>: Copy {
 #[cfg_attr(not(unoptimized), inline(always))]
 fn check_matrix<T>(w: &[T], rows: usize, n: usize, ld: usize) {
     assert!(
-        rows == 0 || n == 0 || (rows - 1) * ld + n <= w.len(),
+        rows == 0
+            || n == 0
+            || (rows - 1)
+                .checked_mul(ld)
+                .and_then(|start| start.checked_add(n))
+                .is_some_and(|end| end <= w.len()),
         "matrix out of bounds"
     );
 }
