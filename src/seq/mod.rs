@@ -79,7 +79,9 @@ pub struct SeqSpec {
     /// and the reverse step loop by blocks of batch rows where the cell allows it
     /// ([`Cell::backward_row_parts`]: built-in LSTM, SimpleRNN and reset-after GRU, blocks of at
     /// least 8 rows), otherwise each step by 16-unit tiles ([`Cell::backward_unit_parts`], the
-    /// same cells). Results do not depend on the thread count. The extra threads are workers
+    /// same cells). Results do not depend on the thread count. A call uses at most the
+    /// machine's available parallelism ([`std::thread::available_parallelism`]), whatever this
+    /// asks for: more threads would only wait for each other. The extra threads are workers
     /// kept between calls, which spin for 200 µs after each job before they sleep.
     pub threads: usize,
 }
