@@ -127,9 +127,15 @@ pub(crate) fn checked_size(arg: &'static str, factors: &[usize]) -> Result<usize
 /// A vector of `len` copies of `value`, or [`Error::Allocation`] when the memory cannot be had
 /// (absurd sizes must be an error, not an abort).
 pub(crate) fn try_filled<T: Clone>(arg: &'static str, len: usize, value: T) -> Result<Vec<T>> {
+    let mut v = try_with_capacity(arg, len)?;
+    v.resize(len, value);
+    Ok(v)
+}
+
+/// An empty vector with room for `len` elements, or [`Error::Allocation`] as [`try_filled`].
+pub(crate) fn try_with_capacity<T>(arg: &'static str, len: usize) -> Result<Vec<T>> {
     let mut v = Vec::new();
     v.try_reserve_exact(len)
         .map_err(|_| Error::Allocation { arg, elements: len })?;
-    v.resize(len, value);
     Ok(v)
 }

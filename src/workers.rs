@@ -29,14 +29,18 @@ const SPIN: Duration = Duration::from_micros(200);
 
 /// The threads a call asking for `requested` uses: at most the machine's available
 /// parallelism (threads beyond it only wait for each other, at barriers that spin, and each
-/// would be a worker kept for the life of the process), at least 1. Where the system does not
-/// say, the request stands.
+/// would be a worker kept for the life of the process), or [`UNKNOWN_PARALLELISM`] where the
+/// system does not say; at least 1.
 pub(crate) fn usable_threads(requested: usize) -> usize {
-    static AVAILABLE: OnceLock<Option<usize>> = OnceLock::new();
-    let available =
-        *AVAILABLE.get_or_init(|| std::thread::available_parallelism().ok().map(usize::from));
-    requested.min(available.unwrap_or(requested)).max(1)
+    static AVAILABLE: OnceLock<usize> = OnceLock::new();
+    let available = *AVAILABLE.get_or_init(|| {
+        std::thread::available_parallelism().map_or(UNKNOWN_PARALLELISM, usize::from)
+    });
+    requested.clamp(1, available)
 }
+
+/// The most threads a call uses where the system does not say how many can run at once.
+const UNKNOWN_PARALLELISM: usize = 64;
 
 /// Runs `job(0)`, …, `job(jobs − 1)`, at the same time where it can: `job(0)` on the calling
 /// thread, the others on workers. When the system refuses a thread, the jobs run one after

@@ -20,7 +20,7 @@
 
 use crate::cell::{Cell, DynGru, Part, StepBackward, StepForward};
 use crate::cpu::Carry;
-use crate::error::{Error, Result, try_filled};
+use crate::error::{Error, Result, try_filled, try_with_capacity};
 use crate::real::Real;
 use crate::seq::Layout;
 
@@ -164,8 +164,7 @@ impl<T: Real, C: Cell<T> + ?Sized> Dir<'_, T, C> {
     fn gather(&self, input: &SeqRef<'_, T>) -> Result<Vec<T>> {
         let plan = self.plan;
         let i = input.w;
-        let mut xs = try_filled("x", plan.total() * i, T::ZERO)?;
-        xs.clear();
+        let mut xs = try_with_capacity("x", plan.total() * i)?;
         for s in 0..plan.t {
             for k in 0..plan.active[s] {
                 let b = plan.order[k];
@@ -248,7 +247,7 @@ impl<T: Real, C: Cell<T> + ?Sized> Dir<'_, T, C> {
             }
         }
         let mut scratch = try_filled("scratch", b * sw, T::ZERO)?;
-        let mut work = try_filled("state", sc * b * h, T::ZERO)?;
+        let mut work = try_with_capacity("state", sc * b * h)?;
         let mut local_init = Vec::new();
         let mut ping = Vec::new();
         let mut pong = Vec::new();
@@ -402,7 +401,7 @@ impl<T: Real, C: Cell<T> + ?Sized> Dir<'_, T, C> {
         let mut dxs = try_filled("dx", total * i, T::ZERO)?;
         let mut d_proj = try_filled("projection", total * p, T::ZERO)?;
         let mut scratch = try_filled("scratch", b * sw, T::ZERO)?;
-        let mut work = try_filled("state", sc * b * h, T::ZERO)?;
+        let mut work = try_with_capacity("state", sc * b * h)?;
         // The state each packed row's step consumed, for Cell::sequence_backward ([rows + 1, S, 1, H]).
         let mut prev_rows = try_filled("tape", (total + 1) * sc * h, T::ZERO)?;
         let mut d_next = try_filled("state", sc * b * h, T::ZERO)?;
