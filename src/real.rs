@@ -113,8 +113,12 @@ mod private {
             cpu::run_f32(job, backend)
         }
         fn prepare_weights<I: Dim, H: Dim>(w: &RecurrentWeights<Self, I, H>) {
-            w.packed();
-            Self::packed_projection(w);
+            let packed = w.packed();
+            let projection = w.packed_projection();
+            if w.bf16_inference {
+                packed.weights_bf16();
+                cpu::packed::prepare_projection_bf16(projection);
+            }
         }
         fn packed_projection<I: Dim, H: Dim>(
             w: &RecurrentWeights<Self, I, H>,

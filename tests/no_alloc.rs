@@ -71,6 +71,15 @@ fn streaming_step_allocates_nothing() {
         StaticSimpleRnn::<f32, 8, 16>::random(Const, Const, SimpleRnnKind::default(), true, 1)
             .unwrap();
     let dyn_lstm = DynLstm::<f32>::random(Dyn(8), Dyn(16), LstmKind::default(), true, 1).unwrap();
+    // bfloat16 weights: their copies are made by `Stream::new`, and the input projection's
+    // rounded rows live on the stack.
+    let mut bf16_lstm = dyn_lstm.clone();
+    bf16_lstm.set_bf16_inference(true);
+    let mut bf16_gru = DynGru::<f32>::random(Dyn(8), Dyn(16), GruKind::default(), true, 1).unwrap();
+    bf16_gru.set_bf16_inference(true);
+    let mut bf16_rnn =
+        DynSimpleRnn::<f32>::random(Dyn(8), Dyn(16), SimpleRnnKind::default(), true, 1).unwrap();
+    bf16_rnn.set_bf16_inference(true);
 
     // The counter must see allocations at all, or a zero below would prove nothing.
     let before = allocations();
@@ -87,6 +96,9 @@ fn streaming_step_allocates_nothing() {
             ),
             ("static simple rnn", stream_allocations(&rnn, batch)),
             ("dyn lstm", stream_allocations(&dyn_lstm, batch)),
+            ("bf16 lstm", stream_allocations(&bf16_lstm, batch)),
+            ("bf16 gru", stream_allocations(&bf16_gru, batch)),
+            ("bf16 simple rnn", stream_allocations(&bf16_rnn, batch)),
         ];
         for (name, (count, last)) in runs {
             assert_eq!(

@@ -3,9 +3,9 @@
 //!
 //! Every `unsafe` operation of the C ABI is in this file.
 
-use std::marker::PhantomData;
 use std::cell::RefCell;
 use std::ffi::{CString, c_char};
+use std::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use super::{FrnnStatus, FrnnTensor, FrnnTensorMut};

@@ -1452,6 +1452,16 @@ fn bf16_pair(first: f32, second: f32) -> u32 {
     to_bf16(first) as u32 | (to_bf16(second) as u32) << 16
 }
 
+/// Builds the bfloat16 copy of the projection weights now, where [`project_bf16`] would use
+/// it, rather than in the first projection (a stream's step must not allocate).
+pub(crate) fn prepare_projection_bf16(p: &PackedProjection) {
+    #[cfg(target_arch = "x86_64")]
+    if dot_bf16::available() {
+        p.weights_bf16();
+    }
+    let _ = p;
+}
+
 /// [`project`] in bfloat16: `out = bf16(x) · bf16(kernel) + bias`, every input and weight
 /// rounded to nearest even and the products summed in `f32` by AVX-512 BF16's `vdpbf16ps`
 /// (two reduction rows per instruction, twice the multiply-adds of an `f32` FMA), in order of
@@ -1478,6 +1488,10 @@ mod dot_bf16 {
     use std::sync::OnceLock;
 
     use super::{PROJECTION_CHUNK_FLOATS, PackedProjection, TILE_UNITS};
+    use crate::cpu::pool::Scratch;
+
+    /// Input pairs of the rows kept on the stack: 4 rows of up to 512 inputs.
+    const STACK_PAIRS: usize = 1024;
 
     /// Whether this CPU has AVX-512F and AVX-512 BF16 (detected once).
     pub(super) fn available() -> bool {
@@ -1511,7 +1525,17 @@ mod dot_bf16 {
         // Four rows of four groups: 16 accumulators, G weight registers, one broadcast.
         let block = if G > 2 { 4 } else { 8 };
         let chunk = (PROJECTION_CHUNK_FLOATS / k).max(block);
-        let mut xp = vec![0u32; chunk.min(rows) * pairs];
+        // A streaming step's few rows fit on the stack (no allocation per step); larger runs
+        // take a buffer of this thread's pool.
+        let need = chunk.min(rows) * pairs;
+        let mut on_stack = [0u32; STACK_PAIRS];
+        let mut pooled;
+        let xp: &mut [u32] = if need <= STACK_PAIRS {
+            &mut on_stack[..need]
+        } else {
+            pooled = Scratch::overwritten_or_abort(need, 0u32);
+            &mut pooled
+        };
         for r0 in (0..rows).step_by(chunk) {
             let end = (r0 + chunk).min(rows);
             for (r, dst) in (r0..end).zip(xp.chunks_exact_mut(pairs)) {
