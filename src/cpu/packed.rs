@@ -569,15 +569,26 @@ pub(crate) fn row_unit(lanes: usize, gates: usize) -> usize {
     a / gcd * b
 }
 
-/// `v` rounded to the nearest bfloat16 (ties to even); NaN stays NaN.
+/// `v` rounded to the nearest bfloat16 (ties to even); NaN stays NaN and ±inf stay. A finite
+/// `v` beyond the largest finite bfloat16 ([`BF16_MAX`]) saturates to it instead of becoming an
+/// infinity: as an infinity, a weight times a zero state, or two such inputs of opposite
+/// signs, would give NaN where `f32` gives a number.
 pub(crate) fn to_bf16(v: f32) -> u16 {
     let bits = v.to_bits();
     if v.is_nan() {
         return ((bits >> 16) | 0x40) as u16;
     }
     let round = 0x7FFF + ((bits >> 16) & 1);
-    (bits.wrapping_add(round) >> 16) as u16
+    let rounded = (bits.wrapping_add(round) >> 16) as u16;
+    if rounded & 0x7FFF == 0x7F80 && v.is_finite() {
+        rounded - 1
+    } else {
+        rounded
+    }
 }
+
+/// The largest finite bfloat16, `(2 − 2⁻⁷)·2¹²⁷`.
+pub(crate) const BF16_MAX: f32 = f32::from_bits(0x7F7F_0000);
 
 impl PackedRecurrent {
     /// Packs `recurrent_kernel [H, G·H]` and `recurrent_bias [G·H]` (empty: none).
@@ -1487,7 +1498,7 @@ mod dot_bf16 {
     use std::arch::x86_64::*;
     use std::sync::OnceLock;
 
-    use super::{PROJECTION_CHUNK_FLOATS, PackedProjection, TILE_UNITS};
+    use super::{BF16_MAX, PROJECTION_CHUNK_FLOATS, PackedProjection, TILE_UNITS};
     use crate::cpu::pool::Scratch;
 
     /// Input pairs of the rows kept on the stack: 4 rows of up to 512 inputs.
@@ -1563,10 +1574,22 @@ mod dot_bf16 {
         }
     }
 
-    /// `dst[m] = (bf16(x[2m]), bf16(x[2m + 1]))`, 0 past the row.
+    /// `dst[m] = (bf16(x[2m]), bf16(x[2m + 1]))`, 0 past the row, rounded as
+    /// [`to_bf16`](super::to_bf16) rounds (finite values saturating at `BF16_MAX`).
     #[target_feature(enable = "avx512f,avx512bf16")]
     fn round_row(x: &[f32], dst: &mut [u32]) {
         assert!(dst.len() >= x.len().div_ceil(2));
+        // Finite values clamped to ±BF16_MAX (which the conversion keeps); `max` and `min`
+        // return their second operand for NaN, so NaN passes; ±inf are put back after.
+        let saturate = |v: __m512| {
+            let (max, inf) = (_mm512_set1_ps(BF16_MAX), _mm512_set1_ps(f32::INFINITY));
+            let clamped = _mm512_min_ps(
+                max,
+                _mm512_max_ps(_mm512_sub_ps(_mm512_setzero_ps(), max), v),
+            );
+            let infinite = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(_mm512_abs_ps(v), inf);
+            _mm512_mask_blend_ps(infinite, clamped, v)
+        };
         for (m0, xs) in (0..).step_by(16).zip(x.chunks(32)) {
             let lo_n = xs.len().min(16);
             let hi_n = xs.len() - lo_n;
@@ -1574,8 +1597,11 @@ mod dot_bf16 {
             // SAFETY: the masks cover exactly the `xs.len()` readable floats of `xs` and the
             // `⌈xs.len()/2⌉` writable lanes of `dst` from `m0`; masked-off lanes are not accessed.
             unsafe {
-                let lo = _mm512_maskz_loadu_ps(mask(lo_n), xs.as_ptr());
-                let hi = _mm512_maskz_loadu_ps(mask(hi_n), xs.as_ptr().wrapping_add(16));
+                let lo = saturate(_mm512_maskz_loadu_ps(mask(lo_n), xs.as_ptr()));
+                let hi = saturate(_mm512_maskz_loadu_ps(
+                    mask(hi_n),
+                    xs.as_ptr().wrapping_add(16),
+                ));
                 let pairs: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
                 let out = dst.as_mut_ptr().add(m0).cast::<i32>();
                 _mm512_mask_storeu_epi32(out, mask(xs.len().div_ceil(2)), pairs);
@@ -1984,7 +2010,7 @@ fn project_rows<S: SimdF32, const G: usize, const R: usize>(
 mod tests {
     use proptest::prelude::*;
 
-    use super::{PackedProjection, to_bf16};
+    use super::{BF16_MAX, PackedProjection, to_bf16};
     use crate::cpu::{Backend, project_rows, with_backend};
     use crate::dim::Dyn;
 
@@ -2113,6 +2139,24 @@ mod tests {
         }
     }
 
+    /// Inputs past the largest finite bfloat16 saturate in the AVX-512 BF16 projection as in
+    /// `to_bf16`: `f32::MAX` and `−f32::MAX` against equal weights cancel (as infinities they
+    /// gave NaN).
+    #[test]
+    fn bf16_projection_saturates_finite_inputs() {
+        let (k, n) = (2, 16);
+        let w = vec![1e-3f32; k * n];
+        let packed = PackedProjection::new(&w, &[], k, n);
+        let mut out = vec![1.0; n];
+        if super::project_bf16(&packed, &[f32::MAX, -f32::MAX], &mut out) {
+            assert!(out.iter().all(|&v| v == 0.0), "{out:?}");
+        }
+        let mut out = vec![0.0; n];
+        if super::project_bf16(&packed, &[f32::INFINITY, 1.0], &mut out) {
+            assert!(out.iter().all(|&v| v == f32::INFINITY), "{out:?}");
+        }
+    }
+
     #[test]
     fn bf16_rounds_to_nearest_even() {
         let widen = |b: u16| f32::from_bits((b as u32) << 16);
@@ -2125,7 +2169,12 @@ mod tests {
         );
         assert_eq!(widen(to_bf16(-2.5)), -2.5);
         assert_eq!(widen(to_bf16(f32::INFINITY)), f32::INFINITY);
+        assert_eq!(widen(to_bf16(f32::NEG_INFINITY)), f32::NEG_INFINITY);
         assert!(widen(to_bf16(f32::NAN)).is_nan());
+        // Finite values past the largest finite bfloat16 saturate to it.
+        assert_eq!(widen(to_bf16(f32::MAX)), BF16_MAX);
+        assert_eq!(widen(to_bf16(-f32::MAX)), -BF16_MAX);
+        assert_eq!(widen(to_bf16(BF16_MAX)), BF16_MAX);
         for v in [0.1f32, -3.7, 1e-20, 6.5e4, 1e30] {
             let r = widen(to_bf16(v));
             assert!(((r - v) / v).abs() <= 2f32.powi(-9), "{v} -> {r}");
