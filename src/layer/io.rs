@@ -128,17 +128,18 @@ pub fn from_tensors<T: Real>(
             });
         }
         if framework == Framework::Keras && config.use_bias {
-            // The bias shape tells the variant.
-            let bias = &names[2].0;
-            if let Some((shape, _)) = tensors.get(bias) {
-                let found = shape.len() == 2 && shape[0] == 2;
-                if found != k.reset_after {
-                    return Err(Error::GruVariant {
-                        tensor: bias.clone(),
-                        source_kind: "keras",
-                        expected: k.reset_after,
-                        found,
-                    });
+            // The bias shape tells the variant, cell by cell.
+            for (bias, _) in names.iter().filter(|(name, _)| name.ends_with(".bias")) {
+                if let Some((shape, _)) = tensors.get(bias) {
+                    let found = shape.len() == 2 && shape[0] == 2;
+                    if found != k.reset_after {
+                        return Err(Error::GruVariant {
+                            tensor: bias.clone(),
+                            source_kind: "keras",
+                            expected: k.reset_after,
+                            found,
+                        });
+                    }
                 }
             }
         }
@@ -325,8 +326,9 @@ pub fn grads_to_tensors<T: Real>(
 /// Reads a safetensors file holding exactly the stack's weights in `framework`'s names
 /// (tensors of dtype F32 or F64, converted to `T`; metadata ignored).
 ///
-/// Errors: [`Error::Invalid`] for a file that is not safetensors or holds another dtype, and
-/// those of [`from_tensors`].
+/// Errors: [`Error::Invalid`] for a file that is not safetensors, holds another dtype, or holds
+/// a finite F64 value beyond `T`'s range (it would load as an infinity), and those of
+/// [`from_tensors`].
 pub fn load_safetensors<T: Real>(
     config: RnnConfig,
     framework: Framework,
@@ -348,11 +350,21 @@ pub fn load_safetensors<T: Real>(
             safetensors::Dtype::F64 => data
                 .chunks_exact(8)
                 .map(|c| {
-                    T::from_f64(f64::from_le_bytes([
-                        c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7],
-                    ]))
+                    let v = f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+                    let t = T::from_f64(v);
+                    // A finite value `T` cannot hold would load as an infinity.
+                    if v.is_finite() && !t.to_f64().is_finite() {
+                        return Err(Error::Invalid {
+                            arg: "bytes",
+                            reason: format!(
+                                "tensor `{name}` holds {v:e}, beyond the range of {}",
+                                T::NAME
+                            ),
+                        });
+                    }
+                    Ok(t)
                 })
-                .collect(),
+                .collect::<Result<_>>()?,
             other => {
                 return Err(Error::Invalid {
                     arg: "bytes",
@@ -412,14 +424,62 @@ pub fn save_named<T: Real>(
             })?;
         views.push((t.name.clone(), view));
     }
-    let meta = HashMap::from([
-        ("framework".to_string(), framework.name().to_string()),
-        ("cell".to_string(), cell.to_string()),
-    ]);
-    safetensors::serialize(views, Some(meta)).map_err(|e| Error::Invalid {
+    let file = safetensors::serialize(views, None).map_err(|e| Error::Invalid {
         arg: "tensors",
         reason: format!("cannot serialise: {e}"),
-    })
+    })?;
+    with_metadata(&file, &[("cell", cell), ("framework", framework.name())])
+}
+
+/// `file` (a safetensors file without metadata) with `entries` as its `__metadata__`, in the
+/// order given. The crate writes metadata from a `HashMap`, whose order changes from call to
+/// call; written here, the same weights always give the same bytes.
+fn with_metadata(file: &[u8], entries: &[(&str, &str)]) -> Result<Vec<u8>> {
+    let malformed = || Error::Invalid {
+        arg: "tensors",
+        reason: "the serialised header is malformed".into(),
+    };
+    let (len, rest) = file.split_first_chunk::<8>().ok_or_else(malformed)?;
+    let len = usize::try_from(u64::from_le_bytes(*len)).map_err(|_| malformed())?;
+    let (header, data) = rest.split_at_checked(len).ok_or_else(malformed)?;
+    let header = std::str::from_utf8(header)
+        .map_err(|_| malformed())?
+        .trim_end();
+    let tensors = header.strip_prefix('{').ok_or_else(malformed)?;
+    let meta: Vec<String> = entries
+        .iter()
+        .map(|(k, v)| format!("{}:{}", json_string(k), json_string(v)))
+        .collect();
+    let separator = if tensors == "}" { "" } else { "," };
+    let mut out = format!(
+        "{{\"__metadata__\":{{{}}}{separator}{tensors}",
+        meta.join(",")
+    );
+    // The data that follows starts 8-byte aligned, as the format asks.
+    while out.len() % 8 != 0 {
+        out.push(' ');
+    }
+    let mut bytes = Vec::with_capacity(8 + out.len() + data.len());
+    bytes.extend_from_slice(&(out.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(out.as_bytes());
+    bytes.extend_from_slice(data);
+    Ok(bytes)
+}
+
+/// `s` as a JSON string literal.
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// Layer `layer`'s weights as one ONNX `LSTM` / `GRU` / `RNN` node's inputs `W [D, G·H, I]`,
@@ -458,4 +518,77 @@ pub fn to_onnx<T: Real>(rnn: &Rnn<T>, layer: usize) -> Result<OnnxWeights<T>> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cell::LstmKind;
+    use crate::layer::CellConfig;
+
+    /// The same weights give the same bytes on every call, with both metadata entries, and
+    /// load back (to the same stack from PyTorch's layout).
+    #[test]
+    fn saved_files_are_reproducible_and_load_back() {
+        let config = RnnConfig::new(CellConfig::Lstm(LstmKind::default()), 3, 4)
+            .layers(2)
+            .bidirectional(crate::layer::Merge::Concat);
+        let rnn = Rnn::<f32>::random(config.clone(), 1).unwrap();
+        for framework in [Framework::Keras, Framework::Torch] {
+            let first = save_safetensors(&rnn, framework).unwrap();
+            for _ in 0..20 {
+                assert!(save_safetensors(&rnn, framework).unwrap() == first);
+            }
+            let (_, meta) = safetensors::SafeTensors::read_metadata(&first).unwrap();
+            let meta = meta.metadata().clone().unwrap();
+            assert_eq!(
+                meta.get("framework").map(String::as_str),
+                Some(framework.name())
+            );
+            assert_eq!(meta.get("cell").map(String::as_str), Some("lstm"));
+            let loaded = load_safetensors::<f32>(config.clone(), framework, &first).unwrap();
+            // Keras keeps one bias where the stack has two (their sum): exact for PyTorch.
+            assert!(
+                framework == Framework::Keras || loaded == rnn,
+                "{framework:?}: the loaded stack differs"
+            );
+        }
+    }
+
+    /// A Keras GRU file is checked for its variant in every cell, not only the first; an F64
+    /// value past `f32`'s range is refused rather than loaded as an infinity.
+    #[test]
+    fn every_cell_is_checked_and_values_must_fit() {
+        let config =
+            RnnConfig::new(CellConfig::Gru(crate::cell::GruKind::default()), 3, 5).layers(2);
+        let rnn = Rnn::<f64>::random(config.clone(), 1).unwrap();
+        let mut tensors: Vec<NamedTensor<f64>> = to_tensors(&rnn, Framework::Keras).unwrap();
+        let bias = tensors
+            .iter_mut()
+            .find(|t| t.name == "l1.fwd.bias")
+            .unwrap();
+        bias.shape = vec![2 * 3 * 5];
+        let file = save_named(&tensors, Framework::Keras, "gru").unwrap();
+        assert!(matches!(
+            load_safetensors::<f64>(config.clone(), Framework::Keras, &file),
+            Err(Error::GruVariant { ref tensor, .. }) if tensor == "l1.fwd.bias"
+        ));
+        let mut tensors = to_tensors(&rnn, Framework::Keras).unwrap();
+        tensors[0].data[0] = 1e300;
+        let file = save_named(&tensors, Framework::Keras, "gru").unwrap();
+        assert!(load_safetensors::<f64>(config.clone(), Framework::Keras, &file).is_ok());
+        assert!(matches!(
+            load_safetensors::<f32>(config, Framework::Keras, &file),
+            Err(Error::Invalid { arg: "bytes", .. })
+        ));
+    }
+
+    /// Metadata values are JSON-escaped; a file of no tensors is still a file.
+    #[test]
+    fn metadata_strings_are_escaped() {
+        let cell = "a \"quoted\" \\ name\n";
+        let file = save_named::<f64>(&[], Framework::Keras, cell).unwrap();
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&file).unwrap();
+        assert_eq!(meta.metadata().clone().unwrap()["cell"], cell);
+    }
 }
