@@ -533,7 +533,7 @@ mod tests {
         let config = RnnConfig::new(CellConfig::Lstm(LstmKind::default()), 3, 4)
             .layers(2)
             .bidirectional(crate::layer::Merge::Concat);
-        let rnn = Rnn::<f32>::random(config.clone(), 1).unwrap();
+        let rnn = Rnn::<f32>::random(config, 1).unwrap();
         for framework in [Framework::Keras, Framework::Torch] {
             let first = save_safetensors(&rnn, framework).unwrap();
             for _ in 0..20 {
@@ -546,7 +546,7 @@ mod tests {
                 Some(framework.name())
             );
             assert_eq!(meta.get("cell").map(String::as_str), Some("lstm"));
-            let loaded = load_safetensors::<f32>(config.clone(), framework, &first).unwrap();
+            let loaded = load_safetensors::<f32>(config, framework, &first).unwrap();
             // Keras keeps one bias where the stack has two (their sum): exact for PyTorch.
             assert!(
                 framework == Framework::Keras || loaded == rnn,
@@ -561,7 +561,7 @@ mod tests {
     fn every_cell_is_checked_and_values_must_fit() {
         let config =
             RnnConfig::new(CellConfig::Gru(crate::cell::GruKind::default()), 3, 5).layers(2);
-        let rnn = Rnn::<f64>::random(config.clone(), 1).unwrap();
+        let rnn = Rnn::<f64>::random(config, 1).unwrap();
         let mut tensors: Vec<NamedTensor<f64>> = to_tensors(&rnn, Framework::Keras).unwrap();
         let bias = tensors
             .iter_mut()
@@ -570,13 +570,13 @@ mod tests {
         bias.shape = vec![2 * 3 * 5];
         let file = save_named(&tensors, Framework::Keras, "gru").unwrap();
         assert!(matches!(
-            load_safetensors::<f64>(config.clone(), Framework::Keras, &file),
+            load_safetensors::<f64>(config, Framework::Keras, &file),
             Err(Error::GruVariant { ref tensor, .. }) if tensor == "l1.fwd.bias"
         ));
         let mut tensors = to_tensors(&rnn, Framework::Keras).unwrap();
         tensors[0].data[0] = 1e300;
         let file = save_named(&tensors, Framework::Keras, "gru").unwrap();
-        assert!(load_safetensors::<f64>(config.clone(), Framework::Keras, &file).is_ok());
+        assert!(load_safetensors::<f64>(config, Framework::Keras, &file).is_ok());
         assert!(matches!(
             load_safetensors::<f32>(config, Framework::Keras, &file),
             Err(Error::Invalid { arg: "bytes", .. })
