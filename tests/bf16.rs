@@ -2,9 +2,9 @@
 //! on every SIMD backend this CPU has.
 //!
 //! The bound asserted here is the one documented on `Recurrent::set_bf16_inference` and in
-//! `docs/PERFORMANCE.md`: with Glorot-scaled weights and inputs in ±1, every output of a
-//! 100-step sequence stays within 2e-2 of the `f32`-weight result (the measured worst is
-//! printed).
+//! the README: with Glorot-scaled weights and inputs in ±1, every output of a 100-step
+//! sequence stays within 2e-2 of the `f32`-weight result (the measured worst is printed), for
+//! LSTM and GRU at every shape here and for SimpleRNN with inputs as wide as its state.
 
 use fused_rnn::cell::Cell;
 use fused_rnn::prelude::*;
@@ -55,16 +55,27 @@ fn check<C: Cell<f32> + Clone>(name: &str, cell: &C, mut with_bf16: impl FnMut(&
 
 #[test]
 fn bf16_inference_stays_close_to_f32() {
-    for h in [64, 256] {
-        let lstm = DynLstm::<f32>::random(Dyn(h), Dyn(h), LstmKind::default(), true, 3).unwrap();
-        check(&format!("lstm H={h}"), &lstm, |c| {
+    // Inputs as wide as the state, and (LSTM and GRU) inputs far narrower. A SimpleRNN of 5
+    // inputs and 65 or 130 units from `random` has a recurrence so sensitive that any change
+    // of its weights grows over 100 steps: bfloat16 moved its outputs by up to 6.9e-2 (H = 65)
+    // and 2.6e-1 (H = 130), so it is not held to this bound (see `set_bf16_inference`).
+    for (i, h) in [(64, 64), (256, 256), (5, 65), (5, 130)] {
+        let lstm = DynLstm::<f32>::random(Dyn(i), Dyn(h), LstmKind::default(), true, 3).unwrap();
+        check(&format!("lstm I={i} H={h}"), &lstm, |c| {
             c.set_bf16_inference(true)
         });
-        let gru = DynGru::<f32>::random(Dyn(h), Dyn(h), GruKind::default(), true, 3).unwrap();
-        check(&format!("gru H={h}"), &gru, |c| c.set_bf16_inference(true));
-        let rnn =
-            DynSimpleRnn::<f32>::random(Dyn(h), Dyn(h), SimpleRnnKind::default(), true, 3).unwrap();
-        check(&format!("rnn H={h}"), &rnn, |c| c.set_bf16_inference(true));
+        let gru = DynGru::<f32>::random(Dyn(i), Dyn(h), GruKind::default(), true, 3).unwrap();
+        check(&format!("gru I={i} H={h}"), &gru, |c| {
+            c.set_bf16_inference(true)
+        });
+        if i == h {
+            let rnn =
+                DynSimpleRnn::<f32>::random(Dyn(i), Dyn(h), SimpleRnnKind::default(), true, 3)
+                    .unwrap();
+            check(&format!("rnn I={i} H={h}"), &rnn, |c| {
+                c.set_bf16_inference(true)
+            });
+        }
     }
 }
 
