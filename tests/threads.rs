@@ -432,3 +432,61 @@ fn a_panic_in_one_part_of_a_split_step_reaches_the_caller() {
     let split = std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
     assert_eq!(panicked, split, "the part's panic reached the caller");
 }
+
+/// A cell whose part units do not tile `0..H` (a gap, an overlap, units past `H`) cannot be
+/// split by units: the engine runs it on one thread, with one thread's results (it used to
+/// return wrong outputs, or panic, without a word).
+#[test]
+fn unusable_part_units_run_unsplit() {
+    use fused_rnn::cell::{Param, Part, StepBackward, StepForward};
+    /// `h' = tanh(x₀ + 0.5·h)` per unit, over the units of its step's part; `units` says
+    /// which units it claims a part computes.
+    struct Claims(fn(Part, usize) -> std::ops::Range<usize>);
+    const H: usize = 8;
+    impl Cell<f64> for Claims {
+        fn input_size(&self) -> usize {
+            1
+        }
+        fn hidden_size(&self) -> usize {
+            H
+        }
+        fn max_parts(&self, _batch: usize) -> usize {
+            2
+        }
+        fn part_units(&self, part: Part) -> std::ops::Range<usize> {
+            (self.0)(part, H)
+        }
+        fn step_forward(&self, s: StepForward<'_, f64>) {
+            for b in 0..s.batch {
+                for u in s.part.range(H) {
+                    s.next[b * H + u] = (s.x[b] + 0.5 * s.state[b * H + u] + u as f64).tanh();
+                }
+            }
+        }
+        fn step_backward(&self, _s: StepBackward<'_, f64>, _grads: &mut [Vec<f64>]) {}
+        fn params(&self) -> Vec<Param<'_, f64>> {
+            Vec::new()
+        }
+        fn params_mut(&mut self) -> Vec<&mut [f64]> {
+            Vec::new()
+        }
+    }
+    let x: Vec<f64> = (0..5 * 2).map(|k| (k as f64 * 0.3).sin()).collect();
+    let run = |cell: &Claims, threads: usize| {
+        let out = seq::forward(cell, &SeqSpec::new(5, 2).threads(threads), &x, None).unwrap();
+        (out.y, out.final_state)
+    };
+    let one = run(&Claims(|part, h| part.range(h)), 1);
+    let claims: [fn(Part, usize) -> std::ops::Range<usize>; 4] = [
+        |part, h| part.range(h), // the real split: the same bits
+        |_, h| 0..h / 2,         // a gap
+        |part, h| if part.index == 1 { 0..h } else { part.range(h) }, // an overlap
+        |part, h| part.range(h + 1), // past H
+    ];
+    for (k, claim) in claims.into_iter().enumerate() {
+        assert!(
+            run(&Claims(claim), 2) == one,
+            "claim {k}: the results changed"
+        );
+    }
+}

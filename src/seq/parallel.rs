@@ -61,8 +61,9 @@ pub(super) struct Outputs<'a, T> {
 }
 
 /// Runs the forward loop on `threads` threads (at most the cell's `max_parts`); returns the
-/// final state, or `None`, with nothing written, when the system refuses a thread. `initial`
-/// is the full `[S, B, H]` start state.
+/// final state, or `None`, with nothing written, when the system refuses a thread or the
+/// cell's part units cannot be used ([`unit_parts`]). `initial` is the full `[S, B, H]` start
+/// state.
 pub(super) fn forward<T: Real, C: Cell<T> + ?Sized>(
     cell: &C,
     spec: &SeqSpec,
@@ -75,8 +76,7 @@ pub(super) fn forward<T: Real, C: Cell<T> + ?Sized>(
     let p = threads.min(cell.max_parts(d.b)).max(1);
     let sl = d.state_len;
     let tw = d.b * d.tw;
-    let parts: Vec<Part> = (0..p).map(|index| Part { index, count: p }).collect();
-    let units: Vec<_> = parts.iter().map(|&part| cell.part_units(part)).collect();
+    let (parts, units) = unit_parts(cell, p, d.h)?;
     // [thread][parity]: that thread's new state, and its record when training.
     let next = parity_buffers(p, sl);
     let tapes = parity_buffers(p, tw);
@@ -344,7 +344,8 @@ pub(super) fn backward_by_rows<T: Real, C: Cell<T> + ?Sized>(
 /// The reverse step loop split by hidden units ([`Cell::backward_unit_parts`]) on `p` threads,
 /// each owning a [`Part`] for the whole sequence, writing every step of `d_proj` (processing
 /// order); returns the gradient on the initial state `[S, B, H]`, or `None`, with nothing
-/// written, when the system refuses a thread.
+/// written, when the system refuses a thread or the cell's part units cannot be used
+/// ([`unit_parts`]).
 ///
 /// Per step a thread runs the gate half for its units into a buffer of its own, all threads
 /// meet at one barrier, then each gathers the step's whole `d_proj` from the others' buffers
@@ -361,8 +362,7 @@ pub(super) fn backward_by_units<T: Real, C: Cell<T> + ?Sized>(
 ) -> Option<Vec<T>> {
     let sl = d.state_len;
     let bp = d.b * d.p;
-    let parts: Vec<Part> = (0..p).map(|index| Part { index, count: p }).collect();
-    let units: Vec<_> = parts.iter().map(|&part| cell.part_units(part)).collect();
+    let (parts, units) = unit_parts(cell, p, d.h)?;
     // [thread][parity]: the gate gradients of that thread's units, `[B, P]`.
     let mine = parity_buffers(p, bp);
     let barrier = SpinBarrier::new(p);
@@ -413,6 +413,23 @@ pub(super) fn backward_by_units<T: Real, C: Cell<T> + ?Sized>(
 
 /// Copies the units `u` of every block of `h` values (a row of a state tensor, or of a gate
 /// block) from `src` into `dst`.
+/// The `p` parts of a split by units and the units of each ([`Cell::part_units`]), when
+/// those follow each other from 0 to `h`; `None` for any other answer (a cell's units with
+/// gaps, overlaps or past `h`), and the loop then runs on one thread.
+fn unit_parts<T: Real, C: Cell<T> + ?Sized>(
+    cell: &C,
+    p: usize,
+    h: usize,
+) -> Option<(Vec<Part>, Vec<std::ops::Range<usize>>)> {
+    let parts: Vec<Part> = (0..p).map(|index| Part { index, count: p }).collect();
+    let units: Vec<_> = parts.iter().map(|&part| cell.part_units(part)).collect();
+    let tiles = units.first().is_some_and(|u| u.start == 0)
+        && units.last().is_some_and(|u| u.end == h)
+        && units.iter().all(|u| u.start <= u.end)
+        && units.windows(2).all(|w| w[0].end == w[1].start);
+    tiles.then_some((parts, units))
+}
+
 fn copy_units<T: Copy>(dst: &mut [T], src: &[T], h: usize, u: &std::ops::Range<usize>) {
     for (dst, src) in dst.chunks_exact_mut(h).zip(src.chunks_exact(h)) {
         dst[u.clone()].copy_from_slice(&src[u.clone()]);
