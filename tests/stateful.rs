@@ -673,4 +673,6 @@ fn tbptt_refuses_what_it_cannot_run() {
     );
     assert_eq!(arg_of(base, Tbptt::new(0, 2), &sp), "schedule.k1");
     assert_eq!(arg_of(base, Tbptt::new(2, 0), &sp), "schedule.k2");
+    // A length past T, as `Rnn::forward` refuses it (it ran clipped to T).
+    assert_eq!(arg_of(base, s, &sp.lengths(&[100, 4])), "lengths");
 }

@@ -41,19 +41,25 @@ pub(crate) struct Plan {
     pub full: bool,
 }
 
+/// Checks sequence lengths: one per sequence of the `b`, each at most `t`.
+pub(crate) fn check_lengths(lengths: &[usize], t: usize, b: usize) -> Result<()> {
+    crate::error::check_len("lengths", lengths.len(), b)?;
+    match lengths.iter().find(|&&n| n > t) {
+        Some(&bad) => Err(Error::Invalid {
+            arg: "lengths",
+            reason: format!("a length is {bad}, more than time_steps = {t}"),
+        }),
+        None => Ok(()),
+    }
+}
+
 impl Plan {
     /// `lengths`: one per sequence, each at most `t` (0 is allowed: the sequence never
     /// steps); `None`: every sequence has `t` steps.
     pub fn new(t: usize, b: usize, lengths: Option<&[usize]>) -> Result<Self> {
         let lens_in: Vec<usize> = match lengths {
             Some(l) => {
-                crate::error::check_len("lengths", l.len(), b)?;
-                if let Some(&bad) = l.iter().find(|&&n| n > t) {
-                    return Err(Error::Invalid {
-                        arg: "lengths",
-                        reason: format!("a length is {bad}, more than time_steps = {t}"),
-                    });
-                }
+                check_lengths(l, t, b)?;
                 l.to_vec()
             }
             None => vec![t; b],

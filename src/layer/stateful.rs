@@ -349,7 +349,7 @@ impl<T: Real> Rnn<T> {
             }
         }
         if let Some(l) = spec.lengths {
-            check_len("lengths", l.len(), b)?;
+            super::engine::check_lengths(l, t, b)?;
         }
         grads.dx.fill(T::ZERO);
         grads.d_initial_state.fill(T::ZERO);
