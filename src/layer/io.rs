@@ -78,7 +78,9 @@ pub fn tensor_names(config: &RnnConfig, framework: Framework) -> Result<Vec<(Str
     check_framework(framework)?;
     config.validate()?;
     let (h, gh) = (config.hidden_size, config.cell.gates() * config.hidden_size);
-    let mut out = Vec::new();
+    // Up to four tensors a cell: a stack of absurdly many layers is an error, not an abort.
+    let names = crate::error::checked_size("config.layers", &[config.cell_count(), 4])?;
+    let mut out = crate::error::try_with_capacity("config.layers", names)?;
     for n in 0..config.cell_count() {
         let (l, d) = (n / config.directions(), n % config.directions());
         let i = config.layer_input_size(l);
@@ -117,6 +119,18 @@ pub fn from_tensors<T: Real>(
     framework: Framework,
     tensors: &HashMap<String, (Vec<usize>, Vec<T>)>,
 ) -> Result<Rnn<T>> {
+    // Every cell has at least two tensors: a count the file cannot hold is refused before
+    // the names of that many cells are listed.
+    let cells = config.cell_count();
+    if tensors.len() / 2 < cells {
+        return Err(Error::Invalid {
+            arg: "tensors",
+            reason: format!(
+                "{} tensors, too few for the {cells} cells the config describes",
+                tensors.len()
+            ),
+        });
+    }
     let names = tensor_names(&config, framework)?;
     if let CellConfig::Gru(k) = config.cell {
         if framework == Framework::Torch && !k.reset_after {
@@ -177,7 +191,7 @@ pub fn from_tensors<T: Real>(
     } else {
         per_cell
     };
-    let mut cells = Vec::with_capacity(config.cell_count());
+    let mut cells = crate::error::try_with_capacity("config.layers", config.cell_count())?;
     for (n, chunk) in names.chunks(per_cell).enumerate() {
         let l = n / config.directions();
         let mut v = Vec::with_capacity(per_cell);
@@ -581,6 +595,33 @@ mod tests {
             load_safetensors::<f32>(config, Framework::Keras, &file),
             Err(Error::Invalid { arg: "bytes", .. })
         ));
+    }
+
+    /// A config of absurdly many layers is an error before anything that size is listed.
+    #[test]
+    fn absurd_layer_counts_are_errors() {
+        let one = RnnConfig::new(CellConfig::Lstm(LstmKind::default()), 3, 4);
+        let rnn = Rnn::<f32>::random(one, 1).unwrap();
+        let tensors: HashMap<String, (Vec<usize>, Vec<f32>)> = to_tensors(&rnn, Framework::Torch)
+            .unwrap()
+            .into_iter()
+            .map(|t| (t.name, (t.shape, t.data)))
+            .collect();
+        for layers in [1usize << 40, usize::MAX] {
+            let huge = one.layers(layers);
+            assert!(matches!(
+                from_tensors(huge, Framework::Torch, &tensors),
+                Err(Error::Invalid { arg: "tensors", .. })
+            ));
+            assert!(matches!(
+                tensor_names(&huge, Framework::Keras),
+                Err(Error::Allocation { .. } | Error::Overflow { .. })
+            ));
+            assert!(matches!(
+                Rnn::<f32>::random(huge, 1),
+                Err(Error::Allocation { .. })
+            ));
+        }
     }
 
     /// Metadata values are JSON-escaped; a file of no tensors is still a file.

@@ -299,7 +299,7 @@ impl RnnConfig {
     }
     /// Cells in the stack, `L·D`.
     pub fn cell_count(&self) -> usize {
-        self.num_layers * self.directions()
+        self.num_layers.saturating_mul(self.directions())
     }
     /// Width of a merged output row of any layer: `D·H` for concat, `H` otherwise (per
     /// direction for [`Merge::None`]).
@@ -564,7 +564,7 @@ impl<T: Real> Rnn<T> {
     /// `seed + cell index`).
     pub fn random(config: RnnConfig, seed: u64) -> Result<Self> {
         config.validate()?;
-        let mut cells = Vec::with_capacity(config.cell_count());
+        let mut cells = crate::error::try_with_capacity("config.layers", config.cell_count())?;
         for n in 0..config.cell_count() {
             let l = n / config.directions();
             let w = RecurrentWeights::random(
