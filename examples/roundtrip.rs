@@ -135,6 +135,16 @@ fn go<T: Real>(
         return Err(format!("`x` has shape {xshape:?}, expected [B, T, I]"));
     };
     let spec = RunSpec::new(t, b).layout(Layout::BatchMajor);
+    // The outputs are sized from `x`'s declared shape: check `x` first, so that a small file
+    // declaring a huge shape is an error rather than an allocation of that size.
+    let x_len = rnn.x_len(&spec).map_err(|e| e.to_string())?;
+    if x.len() != x_len {
+        return Err(format!(
+            "`x` holds {} values, its shape {xshape:?} with input size {} needs {x_len}",
+            x.len(),
+            config.input_size
+        ));
+    }
     let state_len = rnn.state_len(b).map_err(|e| e.to_string())?;
     // [S, L·D, B, H]: h0 then c0.
     let initial: Option<Vec<T>> = inputs.get("h0").map(|(_, h0)| {
