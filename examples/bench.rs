@@ -86,10 +86,16 @@ fn parse() -> Result<Args, String> {
     let (mut t, mut b, mut i, mut h) = (None, None, None, None);
     let mut cell_given = false;
     let mut it = std::env::args().skip(1);
-    let num = |v: Option<String>, name: &str| -> Result<usize, String> {
+    let count = |v: Option<String>, name: &str| -> Result<usize, String> {
         let v = v.ok_or(format!("{name} needs a value"))?;
         v.parse()
-            .map_err(|_| format!("{name}: `{v}` is not a positive integer"))
+            .map_err(|_| format!("{name}: `{v}` is not a non-negative integer"))
+    };
+    let num = |v: Option<String>, name: &str| -> Result<usize, String> {
+        match count(v, name)? {
+            0 => Err(format!("{name}: 0 is not a positive integer")),
+            n => Ok(n),
+        }
     };
     while let Some(flag) = it.next() {
         match flag.as_str() {
@@ -154,13 +160,15 @@ fn parse() -> Result<Args, String> {
                     .map_err(|_| format!("--input-scale: `{v}` is not a number"))?;
             }
             "--min-time-ms" => {
-                a.min_time = Duration::from_millis(num(it.next(), "--min-time-ms")? as u64)
+                a.min_time = Duration::from_millis(count(it.next(), "--min-time-ms")? as u64)
             }
             "--dropout" | "--recurrent-dropout" => {
                 let v = it.next().ok_or(format!("{flag} needs a value"))?;
                 let p: f64 = v
                     .parse()
-                    .map_err(|_| format!("{flag}: `{v}` is not a number"))?;
+                    .ok()
+                    .filter(|p| (0.0..1.0).contains(p))
+                    .ok_or_else(|| format!("{flag}: `{v}` is not a rate in [0, 1)"))?;
                 let (d, r) = a.layer_dropout.unwrap_or((0.0, 0.0));
                 a.layer_dropout = Some(if flag == "--dropout" { (p, r) } else { (d, p) });
             }
@@ -177,9 +185,7 @@ fn parse() -> Result<Args, String> {
     }
     if a.shapes.is_empty() {
         match (t, b, i, h) {
-            (Some(t), Some(b), Some(i), Some(h)) if t * b * i * h > 0 => {
-                a.shapes.push(("custom".into(), t, b, i, h))
-            }
+            (Some(t), Some(b), Some(i), Some(h)) => a.shapes.push(("custom".into(), t, b, i, h)),
             _ => {
                 return Err(
                     "give --seq, --batch, --input and --hidden (all ≥ 1), or --preset standard"
@@ -191,18 +197,23 @@ fn parse() -> Result<Args, String> {
     Ok(a)
 }
 
-/// Median, min and max of repeated runs of `f` (at least 5 runs and `min_time` in all).
-fn measure(min_time: Duration, mut f: impl FnMut()) -> (f64, f64, f64) {
-    f(); // warm-up: caches, page faults, lazy detection
+/// Median, min and max of repeated runs of `f` (at least 5 runs and `min_time` in all), or
+/// the first error `f` returns.
+fn measure<E: std::fmt::Display>(
+    min_time: Duration,
+    mut f: impl FnMut() -> Result<(), E>,
+) -> Result<(f64, f64, f64), String> {
+    let mut run = || f().map_err(|e| e.to_string());
+    run()?; // warm-up: caches, page faults, lazy detection
     let mut times = Vec::new();
     let start = Instant::now();
     while times.len() < 5 || start.elapsed() < min_time {
         let s = Instant::now();
-        f();
+        run()?;
         times.push(s.elapsed().as_secs_f64());
     }
     times.sort_by(f64::total_cmp);
-    (times[times.len() / 2], times[0], times[times.len() - 1])
+    Ok((times[times.len() / 2], times[0], times[times.len() - 1]))
 }
 
 struct Row<'a> {
@@ -265,21 +276,28 @@ fn bench_cell<C: Cell<f32>>(
     name: &str,
     shape: &(String, usize, usize, usize, usize),
     a: &Args,
-) {
+) -> Result<(), String> {
     let (ref label, t, b, i, h) = *shape;
     let spec = SeqSpec::new(t, b)
         .layout(Layout::BatchMajor)
         .threads(a.threads);
-    let x: Vec<f32> = (0..t * b * i)
-        .map(|k| a.input_scale * ((k % 101) as f32 - 50.0) / 60.0)
-        .collect();
-    let fwd_flops = 2.0 * (b * (i + h) * gates * h * t) as f64;
+    let e = |e: fused_rnn::Error| e.to_string();
+    let x_len = [t, b, i]
+        .into_iter()
+        .try_fold(1usize, usize::checked_mul)
+        .ok_or("--seq × --batch × --input overflows")?;
+    let mut x: Vec<f32> = Vec::new();
+    x.try_reserve_exact(x_len)
+        .map_err(|_| format!("cannot allocate an input of {x_len} values"))?;
+    x.extend((0..x_len).map(|k| a.input_scale * ((k % 101) as f32 - 50.0) / 60.0));
+    let fwd_flops = 2.0 * b as f64 * (i as f64 + h as f64) * (gates * h) as f64 * t as f64;
     let backend = fused_rnn::active_backend();
     for mode in &a.modes {
         let times = if mode == "infer" {
             measure(a.min_time, || {
-                std::hint::black_box(seq::forward(cell, &spec, &x, None).unwrap());
-            })
+                std::hint::black_box(seq::forward(cell, &spec, &x, None)?);
+                Ok::<_, fused_rnn::Error>(())
+            })?
         } else if let Some((p, rp)) = a.layer_dropout {
             use fused_rnn::layer::{CellConfig, Rnn, RnnConfig, RnnGrads, RunSpec};
             let kind = match name {
@@ -287,27 +305,28 @@ fn bench_cell<C: Cell<f32>>(
                 "gru" => CellConfig::Gru(GruKind::default()),
                 _ => CellConfig::SimpleRnn(SimpleRnnKind::default()),
             };
-            let rnn = Rnn::<f32>::random(RnnConfig::new(kind, i, h).dropout(p, rp), 1).unwrap();
+            let rnn =
+                Rnn::<f32>::random(RnnConfig::new(kind, i, h).dropout(p, rp), 1).map_err(e)?;
             let rs = RunSpec::new(t, b).layout(Layout::BatchMajor).seed(7);
-            let mut tape = vec![0.0; rnn.tape_len(&rs).unwrap()];
-            let mut y = vec![0.0; rnn.y_len(&rs).unwrap()];
-            let mut fin = vec![0.0; rnn.state_len(b).unwrap()];
+            let mut tape = vec![0.0; rnn.tape_len(&rs).map_err(e)?];
+            let mut y = vec![0.0; rnn.y_len(&rs).map_err(e)?];
+            let mut fin = vec![0.0; rnn.state_len(b).map_err(e)?];
             let dy = vec![1e-2f32; y.len()];
-            let mut g = RnnGrads::zeros(&rnn, &rs).unwrap();
+            let mut g = RnnGrads::zeros(&rnn, &rs).map_err(e)?;
             measure(a.min_time, || {
-                rnn.forward_train(&rs, &x, None, &mut tape, &mut y, &mut fin)
-                    .unwrap();
-                rnn.bptt(&rs, &x, None, &tape, &dy, None, &mut g, GradMode::Overwrite)
-                    .unwrap();
+                rnn.forward_train(&rs, &x, None, &mut tape, &mut y, &mut fin)?;
+                rnn.bptt(&rs, &x, None, &tape, &dy, None, &mut g, GradMode::Overwrite)?;
                 std::hint::black_box(&g);
-            })
+                Ok::<_, fused_rnn::Error>(())
+            })?
         } else {
-            let mut tape = vec![0.0; seq::tape_len(cell, &spec).unwrap()];
+            let mut tape = vec![0.0; seq::tape_len(cell, &spec).map_err(e)?];
             let dy = vec![1e-2f32; t * b * h];
             measure(a.min_time, || {
-                seq::forward_train(cell, &spec, &x, None, &mut tape).unwrap();
-                std::hint::black_box(seq::bptt(cell, &spec, &x, None, &tape, &dy, None).unwrap());
-            })
+                seq::forward_train(cell, &spec, &x, None, &mut tape)?;
+                std::hint::black_box(seq::bptt(cell, &spec, &x, None, &tape, &dy, None)?);
+                Ok::<_, fused_rnn::Error>(())
+            })?
         };
         let flops = if mode == "infer" {
             fwd_flops
@@ -329,6 +348,7 @@ fn bench_cell<C: Cell<f32>>(
         };
         print_row(&row, a.threads, a.json);
     }
+    Ok(())
 }
 
 /// Single-thread sgemm 1024³ through matrixmultiply: the machine's ceiling in this run.
@@ -358,7 +378,9 @@ fn sgemm_ceiling(a: &Args) {
             );
         }
         std::hint::black_box(&z);
-    });
+        Ok::<_, std::convert::Infallible>(())
+    })
+    .expect("sgemm cannot fail");
     let row = Row {
         cell: "sgemm",
         mode: "ceiling",
@@ -375,7 +397,7 @@ fn sgemm_ceiling(a: &Args) {
     print_row(&row, 1, a.json);
 }
 
-fn run(a: &Args) {
+fn run(a: &Args) -> Result<(), String> {
     if a.ceiling {
         sgemm_ceiling(a);
     }
@@ -387,25 +409,27 @@ fn run(a: &Args) {
                 "lstm" => {
                     let mut c =
                         DynLstm::<f32>::random(Dyn(i), Dyn(h), LstmKind::default(), true, 1)
-                            .unwrap();
+                            .map_err(|e| e.to_string())?;
                     c.set_bf16_inference(a.bf16);
-                    bench_cell(&c, 4, "lstm", shape, a)
+                    bench_cell(&c, 4, "lstm", shape, a)?
                 }
                 "gru" => {
-                    let mut c =
-                        DynGru::<f32>::random(Dyn(i), Dyn(h), GruKind::default(), true, 1).unwrap();
+                    let mut c = DynGru::<f32>::random(Dyn(i), Dyn(h), GruKind::default(), true, 1)
+                        .map_err(|e| e.to_string())?;
                     c.set_bf16_inference(a.bf16);
-                    bench_cell(&c, 3, "gru", shape, a)
+                    bench_cell(&c, 3, "gru", shape, a)?
                 }
                 _ => {
                     let kind = SimpleRnnKind::default();
-                    let mut c = DynSimpleRnn::<f32>::random(Dyn(i), Dyn(h), kind, true, 1).unwrap();
+                    let mut c = DynSimpleRnn::<f32>::random(Dyn(i), Dyn(h), kind, true, 1)
+                        .map_err(|e| e.to_string())?;
                     c.set_bf16_inference(a.bf16);
-                    bench_cell(&c, 1, "rnn", shape, a)
+                    bench_cell(&c, 1, "rnn", shape, a)?
                 }
             }
         }
     }
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -436,14 +460,21 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    match a.backend {
-        Some(b) => {
-            if let Err(e) = with_backend(b, || run(&a)) {
+    let ran = match a.backend {
+        Some(b) => match with_backend(b, || run(&a)) {
+            Ok(ran) => ran,
+            Err(e) => {
                 eprintln!("bench: {e}");
                 return ExitCode::from(2);
             }
-        }
+        },
         None => run(&a),
+    };
+    match ran {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            ExitCode::FAILURE
+        }
     }
-    ExitCode::SUCCESS
 }
