@@ -10,7 +10,7 @@
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use super::run::{StepRows, add_output_gradient};
+use super::run::{StepRows, add_output_gradient, follow_from_zero};
 use super::{Dims, SeqSpec};
 use crate::cell::{Cell, Part, StepBackward, StepForward};
 use crate::real::Real;
@@ -423,11 +423,7 @@ fn unit_parts<T: Real, C: Cell<T> + ?Sized>(
 ) -> Option<(Vec<Part>, Vec<std::ops::Range<usize>>)> {
     let parts: Vec<Part> = (0..p).map(|index| Part { index, count: p }).collect();
     let units: Vec<_> = parts.iter().map(|&part| cell.part_units(part)).collect();
-    let tiles = units.first().is_some_and(|u| u.start == 0)
-        && units.last().is_some_and(|u| u.end == h)
-        && units.iter().all(|u| u.start <= u.end)
-        && units.windows(2).all(|w| w[0].end == w[1].start);
-    tiles.then_some((parts, units))
+    follow_from_zero(&units, h).then_some((parts, units))
 }
 
 fn copy_units<T: Copy>(dst: &mut [T], src: &[T], h: usize, u: &std::ops::Range<usize>) {

@@ -141,10 +141,15 @@ fn row_split(
 
 /// Whether `parts` are at least two non-empty ranges that follow each other from 0 to `batch`.
 fn tiles_batch(parts: &[Range<usize>], batch: usize) -> bool {
-    parts.len() > 1
-        && parts.first().is_some_and(|r| r.start == 0)
-        && parts.last().is_some_and(|r| r.end == batch)
-        && parts.iter().all(|r| r.start < r.end)
+    parts.len() > 1 && parts.iter().all(|r| r.start < r.end) && follow_from_zero(parts, batch)
+}
+
+/// Whether `parts` follow each other, in order and without gaps or overlaps, from 0 to `end`
+/// (empty ranges allowed).
+pub(super) fn follow_from_zero(parts: &[Range<usize>], end: usize) -> bool {
+    parts.first().is_some_and(|r| r.start == 0)
+        && parts.last().is_some_and(|r| r.end == end)
+        && parts.iter().all(|r| r.start <= r.end)
         && parts.windows(2).all(|w| w[0].end == w[1].start)
 }
 
