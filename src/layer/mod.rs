@@ -600,16 +600,21 @@ impl<T: Real> Rnn<T> {
     /// biases the config does not have (or lacks ones it has); [`Error::Mismatch`] for other
     /// sizes.
     pub fn set_cell(&mut self, n: usize, cell: AnyCell<T>) -> Result<()> {
-        let count = self.cells.len();
-        let Some(slot) = self.cells.get_mut(n) else {
-            return Err(Error::Invalid {
-                arg: "n",
-                reason: format!("cell {n}, expected below {count} (the stack's cells)"),
-            });
-        };
+        self.check_cell_index(n)?;
         check_cell(&self.config, n, &cell)?;
-        *slot = cell;
+        self.cells[n] = cell;
         Ok(())
+    }
+    /// [`Error::Invalid`] naming `n` unless it indexes one of the stack's cells.
+    pub(crate) fn check_cell_index(&self, n: usize) -> Result<()> {
+        let count = self.cells.len();
+        if n < count {
+            return Ok(());
+        }
+        Err(Error::Invalid {
+            arg: "n",
+            reason: format!("cell {n}, expected below {count} (the stack's cells)"),
+        })
     }
     /// The cell of `layer` and `direction`.
     pub fn cell(&self, layer: usize, direction: usize) -> Option<&AnyCell<T>> {

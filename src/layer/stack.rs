@@ -436,15 +436,7 @@ impl<T: Real> Rnn<T> {
     /// Errors: [`Error::Invalid`] for a cell index `n` beyond the stack's; [`Error::Overflow`]
     /// or [`Error::Allocation`] for masks too large.
     pub fn dropout_masks(&self, seed: u64, batch: usize, n: usize) -> Result<Masks<T>> {
-        if n >= self.config.cell_count() {
-            return Err(Error::Invalid {
-                arg: "n",
-                reason: format!(
-                    "cell {n}, expected below {} (the stack's cells)",
-                    self.config.cell_count()
-                ),
-            });
-        }
+        self.check_cell_index(n)?;
         self.masks(n, batch, seed, true)
     }
 
