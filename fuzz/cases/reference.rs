@@ -113,15 +113,15 @@ fn run_kind<T: Real, K: CellKind + Into<RefKind> + Copy>(
     } else {
         (1e-9, 1e-9)
     };
+    // Rounding errors grow through the steps of a recurrence that amplifies (relu, linear):
+    // the outputs are held to the bound scaled by the steps, as the gradients below are. The
+    // case fuzz/regressions/reference/crash-e064fa… has an output of 188.64 in f64, and of
+    // 188.48 (AVX2, AVX-512) and 188.56 (scalar) in f32, each backend summing in its own
+    // order: 8.6e-4 relative, beyond the unscaled 2e-4 + 2e-4.
+    let (fa, fr) = (atol * t as f64 * 4.0, rtol * t as f64 * 4.0);
     if !big {
-        close("y", &out.y, &want.y, atol, rtol);
-        close(
-            "final_state",
-            &out.final_state,
-            &want.final_state,
-            atol,
-            rtol,
-        );
+        close("y", &out.y, &want.y, fa, fr);
+        close("final_state", &out.final_state, &want.final_state, fa, fr);
     }
 
     // Any thread count and the batch-major layout compute the same bits.
